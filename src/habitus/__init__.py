@@ -1,0 +1,53 @@
+"""Habitus: a habitat for AI agents, with one causal, tamper-evident ledger of everything.
+
+The public API is re-exported here; everything under a ``_private`` name may change.
+"""
+
+from habitus._habitat import Habitat
+from habitus._settings import Settings
+from habitus._sync import SyncHabitat, SyncLedger
+from habitus._version import __version__
+from habitus.errors import HabitatError
+from habitus.ledger import (
+    Checkpoint,
+    ConsistencyProof,
+    Draft,
+    Edge,
+    Erasure,
+    Event,
+    InclusionProof,
+    Ledger,
+    Page,
+    Problem,
+    Subgraph,
+    VerifyReport,
+    caused_by,
+    check_checkpoint,
+    verify_consistency,
+    verify_inclusion,
+)
+
+__all__ = [
+    "Checkpoint",
+    "ConsistencyProof",
+    "Draft",
+    "Edge",
+    "Erasure",
+    "Event",
+    "Habitat",
+    "HabitatError",
+    "InclusionProof",
+    "Ledger",
+    "Page",
+    "Problem",
+    "Settings",
+    "Subgraph",
+    "SyncHabitat",
+    "SyncLedger",
+    "VerifyReport",
+    "__version__",
+    "caused_by",
+    "check_checkpoint",
+    "verify_consistency",
+    "verify_inclusion",
+]

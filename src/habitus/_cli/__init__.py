@@ -1,0 +1,5 @@
+"""The ``habitus`` command-line interface (private: use the command, not this module)."""
+
+from habitus._cli._main import cli, main
+
+__all__ = ["cli", "main"]

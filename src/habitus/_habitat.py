@@ -1,0 +1,266 @@
+"""A habitat: one directory holding a ledger, its signing key and its lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from habitus._settings import Settings
+from habitus._version import __version__
+from habitus.errors import (
+    HabitatExistsError,
+    HabitatLockedError,
+    HabitatNotFoundError,
+    IntegrityError,
+    InvalidRequestError,
+)
+from habitus.ledger._ledger import Ledger, LedgerLimits
+from habitus.ledger._signing import Signer
+from habitus.storage._sqlite import SQLiteStore
+
+__all__ = ["Habitat", "HabitatInfo"]
+
+_FORMAT = "habitus-habitat/1"
+_INFO = "habitat.json"
+_KEY = "checkpoint.key"
+_LOCK = "writer.lock"
+_DB = "ledger.db"
+
+
+class HabitatInfo:
+    """What ``habitat.json`` says about a habitat."""
+
+    __slots__ = ("created", "id", "name", "public_key")
+
+    def __init__(self, *, id: str, name: str, created: str, public_key: str) -> None:  # noqa: A002
+        self.id = id
+        self.name = name
+        self.created = created
+        self.public_key = public_key
+
+    @classmethod
+    def read(cls, path: Path) -> HabitatInfo:
+        """Read and check ``habitat.json`` in ``path``."""
+        file = path / _INFO
+        if not file.exists():
+            raise HabitatNotFoundError(
+                f"{str(path)!r} is not a habitat (no {_INFO}); create one with 'habitus init {path}'"
+            )
+        try:
+            data: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+            if data.get("format") != _FORMAT:
+                raise IntegrityError(f"{str(file)!r} has format {data.get('format')!r}, expected {_FORMAT!r}")
+            return cls(id=data["id"], name=data["name"], created=data["created"], public_key=data["public_key"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise IntegrityError(f"cannot read {str(file)!r}: {exc}") from None
+
+
+class Habitat:
+    """A habitat opened by this process (async API).
+
+    Open with :meth:`init` (new) or :meth:`open` (existing), and close with
+    :meth:`close` or ``async with``. One process at a time may open a habitat
+    for writing; others may open it ``read_only`` at the same time and see its
+    writes as they commit.
+
+    Example:
+        >>> async with await Habitat.open("habitat", create=True) as hab:  # doctest: +SKIP
+        ...     event = await hab.ledger.append("note.recorded", actor="human:ada", content="hello")
+    """
+
+    def __init__(self, path: Path, info: HabitatInfo, ledger: Ledger, store: SQLiteStore, lock: IO[str] | None) -> None:
+        self._path = path
+        self._info = info
+        self._ledger = ledger
+        self._store = store
+        self._lock = lock
+        self._closed = False
+
+    # -- opening ----------------------------------------------------------------------
+
+    @classmethod
+    async def init(
+        cls, path: str | Path | None = None, *, name: str | None = None, settings: Settings | None = None
+    ) -> Habitat:
+        """Create a new habitat in ``path`` (which must not exist or be empty) and open it.
+
+        Raises:
+            HabitatExistsError: ``path`` already holds a habitat or other files.
+        """
+        settings = settings or Settings.resolve()
+        where = Path(path) if path is not None else settings.path
+        if (where / _INFO).exists():
+            raise HabitatExistsError(f"{str(where)!r} already holds a habitat; open it instead")
+        if where.exists() and (not where.is_dir() or any(where.iterdir())):
+            raise HabitatExistsError(f"{str(where)!r} exists and is not an empty directory; choose another path")
+        made = not where.exists()
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            signer = Signer.create(where / _KEY)
+            info = HabitatInfo(
+                id=str(uuid.uuid4()),
+                name=name or where.resolve().name,
+                created=datetime.now(UTC).isoformat(),
+                public_key=signer.public_key_hex,
+            )
+            lock = _take_lock(where)
+            store = SQLiteStore(where / _DB, durability=settings.durability)
+            store.set_meta("habitat_id", info.id)
+            store.set_meta("public_key", info.public_key)
+            ledger = Ledger(store, signer=signer, public_key=info.public_key, limits=_limits(settings))
+            await ledger._start()
+            hab = cls(where, info, ledger, store, lock)
+            await ledger.append(
+                "habitat.created", actor="system", meta={"name": info.name, "habitus_version": __version__}
+            )
+            await ledger.checkpoint()
+            _write_info(where, info)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if "hab" in locals():
+                    await hab.close()
+                elif "store" in locals():
+                    store.close()
+            if made:
+                shutil.rmtree(where, ignore_errors=True)
+            else:
+                for child in list(where.iterdir()):
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            raise
+        return hab
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        create: bool = False,
+        read_only: bool = False,
+        settings: Settings | None = None,
+    ) -> Habitat:
+        """Open an existing habitat (or create it with ``create=True``).
+
+        Raises:
+            HabitatNotFoundError: No habitat at ``path`` and ``create`` is false.
+            HabitatLockedError: Another process has it open for writing.
+        """
+        settings = settings or Settings.resolve()
+        where = Path(path) if path is not None else settings.path
+        if create and not read_only and not (where / _INFO).exists():
+            return await cls.init(where, settings=settings)
+        info = HabitatInfo.read(where)
+        lock = None if read_only else _take_lock(where)
+        try:
+            store = SQLiteStore(where / _DB, read_only=read_only, durability=settings.durability)
+            signer = None if read_only else Signer.load(where / _KEY)
+            if signer is not None and signer.public_key_hex != info.public_key:
+                raise IntegrityError(f"the signing key in {str(where)!r} does not match the habitat's public key")
+            ledger = Ledger(store, signer=signer, public_key=info.public_key, limits=_limits(settings))
+            await ledger._start()
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+        return cls(where, info, ledger, store, lock)
+
+    # -- using ------------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> Ledger:
+        """The habitat's causal ledger."""
+        return self._ledger
+
+    @property
+    def path(self) -> Path:
+        """The habitat directory."""
+        return self._path
+
+    @property
+    def name(self) -> str:
+        """The habitat's name (default: its directory's name)."""
+        return self._info.name
+
+    @property
+    def id(self) -> str:
+        """The habitat's unique id."""
+        return self._info.id
+
+    @property
+    def read_only(self) -> bool:
+        """True when opened read-only."""
+        return self._store.read_only
+
+    async def close(self) -> None:
+        """Commit what is queued, sign a final checkpoint, and release the habitat. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._ledger._close()
+        finally:
+            self._store.close()
+            if self._lock is not None:
+                self._lock.close()
+
+    async def __aenter__(self) -> Habitat:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _limits(settings: Settings) -> LedgerLimits:
+    return LedgerLimits(
+        max_content_bytes=settings.max_content_bytes,
+        max_meta_bytes=settings.max_meta_bytes,
+        checkpoint_every=settings.checkpoint_every,
+    )
+
+
+def _take_lock(path: Path) -> IO[str]:
+    """Hold an exclusive advisory lock on the habitat for as long as the file stays open."""
+    fh = open(path / _LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held open as the lock
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise HabitatLockedError(
+            f"the habitat {str(path)!r} is open for writing by another process (pid {holder}); "
+            "open it read-only to look at it, or stop that process first"
+        ) from None
+    except OSError as exc:
+        fh.close()
+        raise InvalidRequestError(f"cannot lock the habitat {str(path)!r}: {exc}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def _write_info(path: Path, info: HabitatInfo) -> None:
+    data = {
+        "format": _FORMAT,
+        "id": info.id,
+        "name": info.name,
+        "created": info.created,
+        "public_key": info.public_key,
+    }
+    tmp = path / (_INFO + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path / _INFO)

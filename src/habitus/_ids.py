@@ -1,0 +1,46 @@
+"""UUIDv7 identifiers (RFC 9562 §5.7): globally unique and ordered by creation time.
+
+Within one process ids are strictly increasing: ``rand_a`` (12 bits) is used as a
+counter inside a millisecond (RFC 9562 §6.2, method 1), and when it overflows the
+timestamp is advanced by one millisecond rather than breaking the order.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+__all__ = ["new_ids", "uuid7_time_ms"]
+
+_lock = threading.Lock()
+_state = [0, 0]  # last millisecond, counter within it
+
+
+def new_ids(count: int) -> list[bytes]:
+    """Return ``count`` new UUIDv7 ids as 16-byte big-endian values, in increasing order."""
+    if count <= 0:
+        return []
+    rand = os.urandom(8 * count)
+    now = time.time_ns() // 1_000_000
+    out: list[bytes] = []
+    with _lock:
+        ms, counter = _state
+        if now > ms:
+            ms, counter = now, -1
+        for i in range(count):
+            counter += 1
+            if counter > 0xFFF:
+                ms += 1
+                counter = 0
+            tail = int.from_bytes(rand[8 * i : 8 * i + 8], "big") & 0x3FFF_FFFF_FFFF_FFFF
+            value = (ms << 80) | (0x7000 | counter) << 64 | 0x8000_0000_0000_0000 | tail
+            out.append(value.to_bytes(16, "big"))
+        _state[0], _state[1] = ms, counter
+    return out
+
+
+def uuid7_time_ms(value: uuid.UUID) -> int:
+    """Milliseconds since the Unix epoch encoded in a UUIDv7."""
+    return value.int >> 80

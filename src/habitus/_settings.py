@@ -1,0 +1,90 @@
+"""One typed settings object, resolved once: defaults < habitus.toml < HABITUS_* environment < flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from habitus.errors import InvalidRequestError
+
+__all__ = ["Settings"]
+
+_ENV_PREFIX = "HABITUS_"
+
+
+class Settings(BaseModel):
+    """Settings of a habitat and of the process using it.
+
+    Attributes:
+        path: The habitat directory.
+        durability: ``normal`` survives a killed process (SQLite synchronous=NORMAL
+            in WAL mode); ``full`` also survives power loss, with an fsync per commit.
+        checkpoint_every: Sign a checkpoint automatically after this many events
+            (one is also signed when the habitat is closed).
+        max_content_bytes: Largest content accepted by an append.
+        max_meta_bytes: Largest meta (as canonical JSON) accepted by an append.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Path("habitat")
+    durability: Literal["normal", "full"] = "normal"
+    checkpoint_every: int = Field(default=10_000, ge=1, le=100_000_000)
+    max_content_bytes: int = Field(default=1_048_576, ge=1, le=256 * 1_048_576)
+    max_meta_bytes: int = Field(default=16_384, ge=2, le=1_048_576)
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        config_file: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        **flags: Any,
+    ) -> Settings:
+        """Combine every source, later ones winning; ``None`` flags are ignored.
+
+        Args:
+            config_file: A TOML file; default ``habitus.toml`` in the working
+                directory when it exists.
+            environ: Environment to read ``HABITUS_*`` from (default ``os.environ``).
+            flags: Values given on the command line or in code.
+
+        Raises:
+            InvalidRequestError: An unknown setting or a bad value, naming its source.
+        """
+        values: dict[str, Any] = {}
+        file = config_file if config_file is not None else Path("habitus.toml")
+        if file.exists():
+            try:
+                data = tomllib.loads(file.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise InvalidRequestError(f"cannot read settings file {str(file)!r}: {exc}") from None
+            _check_keys(data, f"settings file {str(file)!r}")
+            values.update(data)
+        elif config_file is not None:
+            raise InvalidRequestError(f"settings file {str(config_file)!r} does not exist")
+        env = os.environ if environ is None else environ
+        for key in cls.model_fields:
+            raw = env.get(_ENV_PREFIX + key.upper())
+            if raw is not None:
+                values[key] = raw
+        values.update({k: v for k, v in flags.items() if v is not None})
+        _check_keys(values, "settings")
+        try:
+            return cls.model_validate(values, strict=False)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise InvalidRequestError(f"setting {where!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _check_keys(values: Mapping[str, Any], source: str) -> None:
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        known = ", ".join(Settings.model_fields)
+        raise InvalidRequestError(f"unknown setting {unknown[0]!r} in {source}; known settings: {known}")

@@ -1,0 +1,172 @@
+"""The sync facade: the async API driven from a private event loop thread.
+
+Every sync method is the async method itself, bridged by :func:`_bridge`, so
+signatures and docstrings cannot drift apart. Use it from scripts, notebooks
+and the CLI; use :class:`habitus.Habitat` from async code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from habitus._habitat import Habitat
+from habitus._settings import Settings
+from habitus.ledger._ledger import Ledger
+from habitus.ledger._models import Event
+
+__all__ = ["SyncHabitat", "SyncLedger"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Portal:
+    """An event loop running forever on a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="habitus-sync", daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Awaitable[T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(_await(coro), self.loop)
+        return future.result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def _bridge(fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]) -> Callable[Concatenate[Any, P], T]:
+    @functools.wraps(fn)
+    def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._portal.call(fn(self._target, *args, **kwargs))  # type: ignore[no-any-return]
+
+    return method
+
+
+class SyncLedger:
+    """Blocking twin of :class:`habitus.ledger.Ledger`; see it for each method's documentation."""
+
+    def __init__(self, target: Ledger, portal: _Portal) -> None:
+        self._target = target
+        self._portal = portal
+
+    append = _bridge(Ledger.append)
+    append_many = _bridge(Ledger.append_many)
+    get = _bridge(Ledger.get)
+    get_seq = _bridge(Ledger.get_seq)
+    count = _bridge(Ledger.count)
+    query = _bridge(Ledger.query)
+    why = _bridge(Ledger.why)
+    effects = _bridge(Ledger.effects)
+    erase = _bridge(Ledger.erase)
+    checkpoint = _bridge(Ledger.checkpoint)
+    checkpoints = _bridge(Ledger.checkpoints)
+    root = _bridge(Ledger.root)
+    inclusion_proof = _bridge(Ledger.inclusion_proof)
+    consistency_proof = _bridge(Ledger.consistency_proof)
+    verify = _bridge(Ledger.verify)
+
+    @property
+    def public_key(self) -> str:
+        """Hex Ed25519 public key that signs this ledger's checkpoints."""
+        return self._target.public_key
+
+    def tail(self, *, after: int | None = None, poll_interval: float = 0.25) -> Iterator[Event]:
+        """Blocking iterator over events as they commit (see :meth:`Ledger.tail`)."""
+        agen: AsyncIterator[Event] = self._target.tail(after=after, poll_interval=poll_interval)
+        try:
+            while True:
+                yield self._portal.call(agen.__anext__())
+        except StopAsyncIteration:
+            return
+        finally:
+            self._portal.call(agen.aclose())  # type: ignore[attr-defined]
+
+
+class SyncHabitat:
+    """Blocking twin of :class:`habitus.Habitat`.
+
+    Example:
+        >>> with SyncHabitat.open("habitat", create=True) as hab:  # doctest: +SKIP
+        ...     hab.ledger.append("note.recorded", actor="human:ada", content="hello")
+    """
+
+    def __init__(self, habitat: Habitat, portal: _Portal) -> None:
+        self._habitat = habitat
+        self._portal = portal
+        self.ledger = SyncLedger(habitat.ledger, portal)
+
+    @classmethod
+    def init(
+        cls, path: str | Path | None = None, *, name: str | None = None, settings: Settings | None = None
+    ) -> SyncHabitat:
+        """Create a new habitat and open it (see :meth:`Habitat.init`)."""
+        portal = _Portal()
+        try:
+            return cls(portal.call(Habitat.init(path, name=name, settings=settings)), portal)
+        except BaseException:
+            portal.stop()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        create: bool = False,
+        read_only: bool = False,
+        settings: Settings | None = None,
+    ) -> SyncHabitat:
+        """Open a habitat (see :meth:`Habitat.open`)."""
+        portal = _Portal()
+        try:
+            return cls(portal.call(Habitat.open(path, create=create, read_only=read_only, settings=settings)), portal)
+        except BaseException:
+            portal.stop()
+            raise
+
+    @property
+    def path(self) -> Path:
+        """The habitat directory."""
+        return self._habitat.path
+
+    @property
+    def name(self) -> str:
+        """The habitat's name."""
+        return self._habitat.name
+
+    @property
+    def id(self) -> str:
+        """The habitat's unique id."""
+        return self._habitat.id
+
+    def close(self) -> None:
+        """Close the habitat and stop its loop thread. Idempotent."""
+        if self._portal.loop.is_closed():
+            return
+        try:
+            self._portal.call(self._habitat.close())
+        finally:
+            self._portal.stop()
+
+    def __enter__(self) -> SyncHabitat:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

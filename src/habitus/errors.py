@@ -1,0 +1,159 @@
+"""Every error Habitus raises on purpose, and how each interface reports it.
+
+The hierarchy::
+
+    HabitatError                      root: catch this to catch everything we raise
+    ├── InvalidRequestError           the caller's mistake; fix the call and retry
+    │   ├── UnknownKindError          event kind not in the registry
+    │   ├── InvalidMetaError          meta does not match its kind's schema
+    │   ├── InvalidEventError         a malformed field (actor, thread, time, ...)
+    │   ├── UnknownCauseError         a cause that is not in the ledger
+    │   ├── ContentTooLargeError      content or meta over the documented limit
+    │   └── EventNotFoundError        no event with that id or seq
+    ├── HabitatUnavailableError       the habitat cannot do this right now
+    │   ├── HabitatNotFoundError      no habitat at that path
+    │   ├── HabitatExistsError        init over an existing habitat
+    │   ├── HabitatLockedError        another process holds the writer lock
+    │   ├── ReadOnlyHabitatError      a write on a habitat opened read-only
+    │   └── HabitatClosedError        the habitat was closed
+    └── LedgerFailureError            a runtime failure, not the caller's fault
+        ├── StorageError              the store failed (disk full, I/O error)
+        └── IntegrityError            stored data contradicts itself
+
+:data:`ERROR_TABLE` is the one place that maps each class to its CLI exit code
+(and, once the server exists, its HTTP status). Interfaces call
+:func:`error_code` instead of keeping tables of their own.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = [
+    "ERROR_TABLE",
+    "ContentTooLargeError",
+    "ErrorCode",
+    "EventNotFoundError",
+    "HabitatClosedError",
+    "HabitatError",
+    "HabitatExistsError",
+    "HabitatLockedError",
+    "HabitatNotFoundError",
+    "HabitatUnavailableError",
+    "IntegrityError",
+    "InvalidEventError",
+    "InvalidMetaError",
+    "InvalidRequestError",
+    "LedgerFailureError",
+    "ReadOnlyHabitatError",
+    "StorageError",
+    "UnknownCauseError",
+    "UnknownKindError",
+    "error_code",
+]
+
+
+class HabitatError(Exception):
+    """Root of every error Habitus raises on purpose."""
+
+
+class InvalidRequestError(HabitatError):
+    """The request was malformed or refers to something that does not exist."""
+
+
+class UnknownKindError(InvalidRequestError):
+    """The event kind is not in the kinds registry."""
+
+
+class InvalidMetaError(InvalidRequestError):
+    """The event's meta does not match the schema of its kind."""
+
+
+class InvalidEventError(InvalidRequestError):
+    """A field of the event is malformed (actor, thread, world time, content type)."""
+
+
+class UnknownCauseError(InvalidRequestError):
+    """A cause names an event that is not in the ledger."""
+
+
+class ContentTooLargeError(InvalidRequestError):
+    """Content or meta is larger than the configured limit."""
+
+
+class EventNotFoundError(InvalidRequestError):
+    """No event has the given id or sequence number."""
+
+
+class HabitatUnavailableError(HabitatError):
+    """The habitat exists but cannot serve this request in its current state."""
+
+
+class HabitatNotFoundError(HabitatUnavailableError):
+    """There is no habitat at the given path."""
+
+
+class HabitatExistsError(HabitatUnavailableError):
+    """A habitat already exists where a new one was to be created."""
+
+
+class HabitatLockedError(HabitatUnavailableError):
+    """Another process has the habitat open for writing."""
+
+
+class ReadOnlyHabitatError(HabitatUnavailableError):
+    """The habitat was opened read-only and the request writes."""
+
+
+class HabitatClosedError(HabitatUnavailableError):
+    """The habitat has been closed."""
+
+
+class LedgerFailureError(HabitatError):
+    """Something failed at run time that the caller could not have prevented."""
+
+
+class StorageError(LedgerFailureError):
+    """The storage backend failed; nothing from the failed request was kept."""
+
+
+class IntegrityError(LedgerFailureError):
+    """Stored data contradicts itself (for example a broken hash chain on open)."""
+
+
+class ErrorCode(NamedTuple):
+    """How one error class is reported by each interface."""
+
+    exit_code: int
+    http_status: int
+
+
+ERROR_TABLE: dict[type[HabitatError], ErrorCode] = {
+    HabitatError: ErrorCode(1, 500),
+    InvalidRequestError: ErrorCode(2, 400),
+    UnknownKindError: ErrorCode(2, 422),
+    InvalidMetaError: ErrorCode(2, 422),
+    InvalidEventError: ErrorCode(2, 422),
+    UnknownCauseError: ErrorCode(2, 422),
+    ContentTooLargeError: ErrorCode(2, 413),
+    EventNotFoundError: ErrorCode(3, 404),
+    HabitatUnavailableError: ErrorCode(4, 503),
+    HabitatNotFoundError: ErrorCode(3, 404),
+    HabitatExistsError: ErrorCode(4, 409),
+    HabitatLockedError: ErrorCode(4, 423),
+    ReadOnlyHabitatError: ErrorCode(4, 405),
+    HabitatClosedError: ErrorCode(4, 503),
+    LedgerFailureError: ErrorCode(5, 500),
+    StorageError: ErrorCode(5, 500),
+    IntegrityError: ErrorCode(6, 500),
+}
+"""Exit code and HTTP status for each error class; subclasses inherit by MRO."""
+
+
+def error_code(error: HabitatError) -> ErrorCode:
+    """Return the table entry of the most specific class of ``error``."""
+    for cls in type(error).__mro__:
+        code = ERROR_TABLE.get(cls)
+        if code is not None:
+            return code
+    return ERROR_TABLE[HabitatError]

@@ -1,0 +1,61 @@
+"""The causal context: causes and thread that every append inside it inherits.
+
+Set with :func:`caused_by`; it lives in a :mod:`contextvars` variable, so it
+follows ``await`` and the tasks started inside it, and never leaks between
+concurrent tasks. The agent runtime enters it around each handled message, so
+users rarely wire causes by hand.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from habitus.ledger._models import Event
+
+__all__ = ["CausalContext", "caused_by", "current_context"]
+
+
+@dataclass(frozen=True, slots=True)
+class CausalContext:
+    """Causes and thread added to every event appended in this context."""
+
+    causes: tuple[uuid.UUID, ...] = ()
+    thread: str | None = None
+
+
+_EMPTY = CausalContext()
+_CONTEXT: ContextVar[CausalContext] = ContextVar("habitus_causal_context", default=_EMPTY)
+
+
+def current_context() -> CausalContext:
+    """The causal context in force for the running task."""
+    return _CONTEXT.get()
+
+
+@contextmanager
+def caused_by(*causes: Event | uuid.UUID | str, thread: str | None = None) -> Iterator[CausalContext]:
+    """Make ``causes`` (and ``thread``) apply to every event appended inside the block.
+
+    Contexts nest: inner causes are added to the outer ones, and an inner
+    thread replaces the outer one.
+
+    Example:
+        >>> with caused_by(request_event):  # doctest: +SKIP
+        ...     await ledger.append("decision.made", actor="agent:planner", meta={"action": "go"})
+    """
+    outer = _CONTEXT.get()
+    ids = list(outer.causes)
+    for cause in causes:
+        value = cause.id if isinstance(cause, Event) else cause if isinstance(cause, uuid.UUID) else uuid.UUID(cause)
+        if value not in ids:
+            ids.append(value)
+    context = CausalContext(tuple(ids), thread if thread is not None else outer.thread)
+    token = _CONTEXT.set(context)
+    try:
+        yield context
+    finally:
+        _CONTEXT.reset(token)

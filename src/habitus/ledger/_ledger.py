@@ -1,0 +1,701 @@
+"""The causal ledger: append, query, walk causes, prove, verify, erase."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Literal, overload
+
+from habitus._ids import new_ids
+from habitus.errors import (
+    ContentTooLargeError,
+    EventNotFoundError,
+    HabitatError,
+    InvalidEventError,
+    InvalidMetaError,
+    InvalidRequestError,
+    ReadOnlyHabitatError,
+    UnknownCauseError,
+    UnknownKindError,
+)
+from habitus.ledger import _core_kinds  # noqa: F401  (registers the core kinds)
+from habitus.ledger._codec import (
+    CTYPE_NAMES,
+    content_digest,
+    decode_content,
+    encode_content,
+    encode_meta,
+    from_micros,
+    leaf_hash,
+    to_micros,
+)
+from habitus.ledger._context import current_context
+from habitus.ledger._graph import walk
+from habitus.ledger._kinds import all_kinds, get_kind
+from habitus.ledger._merkle import Frontier, consistency_proof, inclusion_proof
+from habitus.ledger._models import (
+    Checkpoint,
+    ConsistencyProof,
+    Draft,
+    Erasure,
+    Event,
+    InclusionProof,
+    Page,
+    Subgraph,
+    VerifyReport,
+    fast_event,
+    uuid_from_bytes,
+)
+from habitus.ledger._proofs import StoreNodes, rebuild_frontier
+from habitus.ledger._signing import Signer
+from habitus.ledger._verify import verify_store
+from habitus.ledger._writer import Batch, Sequencer, Writer
+from habitus.storage._abstract import CheckpointRow, EventQuery, LedgerStore, Row
+
+__all__ = ["CommittedEvents", "EventRef", "Ledger", "LedgerLimits"]
+
+EventRef = uuid.UUID | str | Event
+"""An event named by its id (UUID or string) or the event itself."""
+
+_ACTOR_RE = re.compile(r"^(system|(agent|human|source|service):[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127})$")
+_THREAD_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+_RECENT_MAX = 200_000
+
+
+class LedgerLimits:
+    """Size limits applied to every append (from the habitat's settings)."""
+
+    __slots__ = ("checkpoint_every", "max_content_bytes", "max_meta_bytes")
+
+    def __init__(self, *, max_content_bytes: int, max_meta_bytes: int, checkpoint_every: int) -> None:
+        self.max_content_bytes = max_content_bytes
+        self.max_meta_bytes = max_meta_bytes
+        self.checkpoint_every = checkpoint_every
+
+
+def as_uuid(ref: EventRef) -> uuid.UUID:
+    """Normalise an event reference to its UUID, or raise :class:`InvalidRequestError`."""
+    if isinstance(ref, Event):
+        return ref.id
+    if isinstance(ref, uuid.UUID):
+        return ref
+    try:
+        return uuid.UUID(ref)
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidRequestError(f"{ref!r} is not an event id (expected a UUID such as an event's 'id')") from None
+
+
+def event_from_row(row: Row) -> Event:
+    """Build the public model from a stored row."""
+    seq, id_, ts, at, actor, kind, thread, meta, causes, ctype, digest, _leaf, salt, body = row
+    cause_ids = tuple(uuid_from_bytes(causes[i : i + 16]) for i in range(0, len(causes), 16)) if causes else ()
+    erased = ctype is not None and salt is None
+    content = decode_content(ctype, body) if ctype is not None and body is not None else None
+    return fast_event(
+        {
+            "id": uuid_from_bytes(id_),
+            "seq": seq,
+            "ts": from_micros(ts),
+            "at": None if at is None else from_micros(at),
+            "actor": actor,
+            "kind": kind,
+            "causes": cause_ids,
+            "thread": thread,
+            "meta": _loads_meta(meta),
+            "content": content,
+            "content_type": CTYPE_NAMES.get(ctype) if ctype is not None else None,
+            "digest": digest.hex() if digest is not None else None,
+            "erased": erased,
+        }
+    )
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _loads_meta(meta: str) -> dict[str, Any]:
+    if meta == "{}":
+        return {}
+    import json
+
+    value: dict[str, Any] = json.loads(meta)
+    return value
+
+
+class CommittedEvents(Sequence[Event]):
+    """The events of one append, built from their rows on first access."""
+
+    __slots__ = ("_built", "_rows")
+
+    def __init__(self, rows: list[Row]) -> None:
+        self._rows = rows
+        self._built: list[Event | None] = [None] * len(rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._rows)))]
+        event = self._built[index]
+        if event is None:
+            event = self._built[index] = event_from_row(self._rows[index])
+        return event
+
+    def __repr__(self) -> str:
+        return f"CommittedEvents({len(self._rows)} events)"
+
+
+class Ledger:
+    """The habitat's causal, tamper-evident event ledger (async API).
+
+    Obtain one from :attr:`habitus.Habitat.ledger`; it is not constructed directly.
+    Every method is safe to call from many tasks at once.
+    """
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        signer: Signer | None,
+        public_key: str,
+        limits: LedgerLimits,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._public_key = public_key
+        self._limits = limits
+        self._writer: Writer | None = None
+        self._seq = Sequencer(0, 0, Frontier(), 0)
+        self._recent: dict[bytes, int] = {}
+        self._committed: asyncio.Future[None] | None = None
+
+    async def _start(self) -> None:
+        """Load the tree head and start the writer (read-only ledgers start no writer)."""
+        size, last_ts, frontier, last_cp = await asyncio.to_thread(self._load_head)
+        self._seq = Sequencer(size, last_ts, frontier, last_cp)
+        if not self._store.read_only:
+            self._writer = Writer(self._store, self._seq, loop=asyncio.get_running_loop(), on_commit=self._on_commit)
+
+    def _load_head(self) -> tuple[int, int, Frontier, int]:
+        size = self._store.size()
+        last_ts = self._store.rows_by_seq([size])[0][2] if size else 0
+        frontier = rebuild_frontier(self._store, size)
+        checkpoints = self._store.checkpoints()
+        return size, last_ts, frontier, checkpoints[-1][0] if checkpoints else 0
+
+    async def _close(self) -> None:
+        """Sign a final checkpoint if the tree grew since the last one, then stop the writer."""
+        if self._writer is None:
+            return
+        with self._seq.lock:
+            grew = self._seq.next_seq - 1 > self._seq.last_checkpoint
+        if grew:
+            with contextlib.suppress(HabitatError):
+                await self.checkpoint()
+        writer, self._writer = self._writer, None
+        await asyncio.to_thread(writer.stop)
+
+    @property
+    def public_key(self) -> str:
+        """Hex Ed25519 public key that signs this ledger's checkpoints."""
+        return self._public_key
+
+    # -- appending ------------------------------------------------------------------------
+
+    async def append(
+        self,
+        kind: str,
+        *,
+        actor: str,
+        content: Any = None,
+        meta: dict[str, Any] | None = None,
+        causes: Iterable[EventRef] = (),
+        thread: str | None = None,
+        at: datetime | None = None,
+    ) -> Event:
+        """Append one event; it is durable when this returns.
+
+        Args:
+            kind: A registered kind (see ``docs/kinds.md``).
+            actor: The principal that caused it, e.g. ``agent:scout``.
+            content: Text, a JSON object or array, or bytes.
+            meta: Structured fields, checked against the kind's schema.
+            causes: Events that led to this one, added to the causal context's.
+            thread: Conversation or trace id (default: the causal context's).
+            at: World time, timezone-aware.
+
+        Raises:
+            UnknownKindError, InvalidMetaError, InvalidEventError,
+            UnknownCauseError, ContentTooLargeError: The event is malformed;
+                nothing was written.
+        """
+        draft = _draft(kind, actor, content, meta, causes, thread, at)
+        return (await self.append_many([draft]))[0]
+
+    async def append_many(self, drafts: Iterable[Draft]) -> Sequence[Event]:
+        """Append several events atomically, in order; durable when this returns.
+
+        Either every draft is valid and all are committed, or an error names
+        the first bad draft (by index) and nothing is written. The returned
+        sequence builds each :class:`Event` when it is first read, so bulk
+        writers that do not look at the results do not pay for them.
+        """
+        writer = self._require_writer()
+        items = list(drafts)
+        if not items:
+            return CommittedEvents([])
+        checked = [self._check(i, d) for i, d in enumerate(items)]
+        known = await self._check_causes(checked)
+        batch, events = self._seal(checked, known)
+        future = batch.future
+        writer.submit(batch)
+        await future
+        return events
+
+    def _require_writer(self) -> Writer:
+        if self._writer is None:
+            if self._store.read_only:
+                raise ReadOnlyHabitatError("this habitat was opened read-only; open it without read_only to write")
+            from habitus.errors import HabitatClosedError
+
+            raise HabitatClosedError("the habitat is closed; open it again to write")
+        return self._writer
+
+    def _check(self, index: int, draft: Draft) -> tuple[Any, ...]:
+        where = f"event {index}" if index else "the event"
+        spec = get_kind(draft.kind)
+        if not isinstance(draft.actor, str) or not _ACTOR_RE.match(draft.actor):
+            raise InvalidEventError(
+                f"{where}: actor {draft.actor!r} is not a principal; use 'agent:<id>', 'human:<id>', "
+                "'source:<id>', 'service:<id>' or 'system'"
+            )
+        if not isinstance(draft.meta, dict):
+            raise InvalidMetaError(f"{where}: meta must be a JSON object (a dict), not {type(draft.meta).__name__}")
+        try:
+            meta = encode_meta(spec.validate_meta(draft.meta))
+            meta_size = len(meta) if meta.isascii() else len(meta.encode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            raise InvalidMetaError(f"{where}: meta cannot be stored as JSON: {exc}") from None
+        if meta_size > self._limits.max_meta_bytes:
+            raise ContentTooLargeError(
+                f"{where}: meta is {meta_size} bytes, over the limit of {self._limits.max_meta_bytes}"
+            )
+        try:
+            encoded = encode_content(draft.content)
+        except (TypeError, ValueError) as exc:
+            raise InvalidEventError(f"{where}: {exc}") from None
+        if encoded is None and spec.content == "required":
+            raise InvalidEventError(f"{where}: kind {draft.kind!r} requires content")
+        if encoded is not None and spec.content == "none":
+            raise InvalidEventError(f"{where}: kind {draft.kind!r} takes no content")
+        if encoded is not None and len(encoded[1]) > self._limits.max_content_bytes:
+            raise ContentTooLargeError(
+                f"{where}: content is {len(encoded[1])} bytes, over the limit of {self._limits.max_content_bytes} "
+                "(set max_content_bytes in habitus.toml to change it)"
+            )
+        context = current_context()
+        thread = draft.thread if draft.thread is not None else context.thread
+        if thread is not None and (not isinstance(thread, str) or not _THREAD_RE.match(thread) or not _utf8(thread)):
+            raise InvalidEventError(f"{where}: thread {thread!r} must be 1-256 printable characters")
+        at = None
+        if draft.at is not None:
+            if draft.at.tzinfo is None:
+                raise InvalidEventError(f"{where}: world time {draft.at!r} must be timezone-aware")
+            at = to_micros(draft.at)
+        causes = list(context.causes)
+        for cause in draft.causes:
+            if cause not in causes:
+                causes.append(cause)
+        if len(causes) > 1000:
+            raise InvalidEventError(f"{where}: {len(causes)} causes is over the limit of 1000")
+        return (draft, spec, meta, encoded, thread, at, causes)
+
+    async def _check_causes(self, checked: list[tuple[Any, ...]]) -> dict[bytes, int]:
+        wanted = {c.bytes for item in checked for c in item[6]}
+        known = {c: s for c in wanted if (s := self._recent.get(c)) is not None}
+        missing = [c for c in wanted if c not in known]
+        if missing:
+            found = await asyncio.to_thread(self._store.seqs_of_ids, missing)
+            for id_, seq in found.items():
+                self._remember(id_, seq)
+                known[id_] = seq
+            absent = [c for c in missing if c not in found]
+            if absent:
+                names = ", ".join(repr(str(uuid.UUID(bytes=c))) for c in absent[:5])
+                raise UnknownCauseError(f"cause {names} is not an event in this ledger; nothing was written")
+        return known
+
+    def _remember(self, id_: bytes, seq: int) -> None:
+        if len(self._recent) >= _RECENT_MAX:
+            self._recent.clear()
+        self._recent[id_] = seq
+
+    def _seal(
+        self,
+        checked: list[tuple[Any, ...]],
+        known: dict[bytes, int],
+        *,
+        erase: list[int] | None = None,
+        checkpoint: bool = False,
+    ) -> tuple[Batch, CommittedEvents]:
+        """Give prepared drafts their ids, seqs, times, leaves and Merkle nodes.
+
+        Runs without awaiting, so batches are sealed in the order they will be
+        committed; the sequencer's lock only guards against a concurrent reset
+        by the writer after a failed write.
+        """
+        n = len(checked)
+        ids = new_ids(n)
+        salts = os.urandom(16 * n)
+        rows: list[Row] = []
+        edges: list[tuple[int, int]] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        signed: CheckpointRow | None = None
+        seqr = self._seq
+        with seqr.lock:
+            frontier = seqr.frontier
+            if frontier is None:  # a write failed: start again from what is committed
+                _, _, frontier, seqr.last_checkpoint = self._load_head()
+                seqr.frontier = frontier
+            first = seqr.next_seq
+            seqr.next_seq = first + n
+            ts = max(time.time_ns() // 1000, seqr.last_ts)
+            seqr.last_ts = ts
+            generation = seqr.generation
+            append = frontier.append
+            for i, (draft, _spec, meta, encoded, thread, at, causes) in enumerate(checked):
+                seq = first + i
+                id_ = ids[i]
+                causes_b = b"".join(c.bytes for c in causes) if causes else None
+                if encoded is None:
+                    ctype = digest = salt = body = None
+                else:
+                    ctype, body = encoded
+                    salt = salts[16 * i : 16 * i + 16]
+                    digest = content_digest(salt, ctype, body)
+                leaf = leaf_hash(id_, ts, at, draft.actor, draft.kind, thread, meta, causes_b, ctype, digest)
+                append(leaf, nodes)
+                rows.append(
+                    (seq, id_, ts, at, draft.actor, draft.kind, thread, meta, causes_b, ctype, digest, leaf, salt, body)
+                )
+                for c in causes:
+                    edges.append((known[c.bytes], seq))
+            size = frontier.size
+            if size and (checkpoint or size - seqr.last_checkpoint >= self._limits.checkpoint_every):
+                assert self._signer is not None
+                root = frontier.root()
+                signed = (size, root, ts, self._signer.sign(size, root, from_micros(ts)))
+                seqr.last_checkpoint = size
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch = Batch(generation, rows, edges, nodes, future, signed, erase or [])
+        return batch, CommittedEvents(rows)
+
+    def _on_commit(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            for row in batch.rows:
+                self._remember(row[1], row[0])
+            for seq in batch.erase:
+                self._forget_content(seq)
+        if self._committed is not None and not self._committed.done():
+            self._committed.set_result(None)
+        self._committed = None
+
+    def _forget_content(self, seq: int) -> None:
+        """Nothing in memory holds content beyond the call that appended it; kept as the hook."""
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Number of events committed or being committed by this process."""
+        return self._seq.next_seq - 1
+
+    async def get(self, ref: EventRef) -> Event:
+        """Return the event with this id.
+
+        Raises:
+            EventNotFoundError: No such event in this ledger.
+        """
+        target = as_uuid(ref)
+        rows = await asyncio.to_thread(self._store.rows_by_id, [target.bytes])
+        if not rows:
+            raise EventNotFoundError(f"no event with id {str(target)!r} in this ledger")
+        return event_from_row(rows[0])
+
+    async def get_seq(self, seq: int) -> Event:
+        """Return the event at position ``seq`` (1-based)."""
+        rows = await asyncio.to_thread(self._store.rows_by_seq, [seq])
+        if not rows:
+            raise EventNotFoundError(f"no event at seq {seq!r}; the ledger has {await self.count()} events")
+        return event_from_row(rows[0])
+
+    async def count(self) -> int:
+        """Number of committed events, read from the store (sees other processes' writes)."""
+        return await asyncio.to_thread(self._store.size)
+
+    async def query(
+        self,
+        *,
+        actor: str | None = None,
+        kind: str | None = None,
+        thread: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: int | None = None,
+        limit: int = 100,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> Page:
+        """Events matching every given filter, one page at a time.
+
+        Args:
+            actor: Exact principal.
+            kind: Exact kind, or a family with a wildcard (``"message.*"``).
+            thread: Exact thread id.
+            since: Commit time at or after (inclusive).
+            until: Commit time before (exclusive).
+            cursor: ``next_cursor`` of the previous page.
+            limit: Page size, 1 to 10,000.
+            order: ``asc`` oldest first, ``desc`` newest first.
+        """
+        if not 1 <= limit <= 10_000:
+            raise InvalidRequestError(f"limit must be between 1 and 10000, not {limit!r}")
+        if order not in ("asc", "desc"):
+            raise InvalidRequestError(f"order must be 'asc' or 'desc', not {order!r}")
+        kinds: tuple[str, ...] | None = None
+        if kind is not None and kind.endswith(".*"):
+            kinds = tuple(k.name for k in all_kinds() if k.name.startswith(kind[:-1]))
+            if not kinds:
+                raise UnknownKindError(f"no registered kind matches {kind!r}")
+        elif kind is not None:
+            kinds = (get_kind(kind).name,)
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and value.tzinfo is None:
+                raise InvalidRequestError(f"{name} {value!r} must be timezone-aware")
+
+        def run() -> Page:
+            lo, hi = 1, None
+            if since is not None:
+                lo = self._store.first_seq_at_or_after(to_micros(since))
+            if until is not None:
+                hi = self._store.first_seq_at_or_after(to_micros(until)) - 1
+            if cursor is not None:
+                if order == "asc":
+                    lo = max(lo, cursor + 1)
+                else:
+                    hi = cursor - 1 if hi is None else min(hi, cursor - 1)
+            q = EventQuery(actor, kinds, thread, lo, hi, limit + 1, order)
+            rows = self._store.query(q)
+            more = len(rows) > limit
+            events = [event_from_row(r) for r in rows[:limit]]
+            return Page(events=events, next_cursor=events[-1].seq if more and events else None)
+
+        return await asyncio.to_thread(run)
+
+    async def why(self, ref: EventRef, *, depth: int = 50, limit: int = 1000) -> Subgraph:
+        """Walk causes back from an event towards its origins.
+
+        Args:
+            ref: The event to explain.
+            depth: Maximum number of cause hops.
+            limit: Maximum number of events returned.
+        """
+        return await self._walk(ref, "causes", depth, limit)
+
+    async def effects(self, ref: EventRef, *, depth: int = 50, limit: int = 1000) -> Subgraph:
+        """Walk forward from an event to everything it led to."""
+        return await self._walk(ref, "effects", depth, limit)
+
+    async def _walk(self, ref: EventRef, direction: Literal["causes", "effects"], depth: int, limit: int) -> Subgraph:
+        if depth < 0 or limit < 1:
+            raise InvalidRequestError(f"depth must be >= 0 and limit >= 1 (got depth={depth!r}, limit={limit!r})")
+        target = as_uuid(ref)
+        result = await asyncio.to_thread(walk, self._store, target.bytes, direction, depth, limit)
+        if result is None:
+            raise EventNotFoundError(f"no event with id {str(target)!r} in this ledger")
+        return result
+
+    async def tail(self, *, after: int | None = None, poll_interval: float = 0.25) -> AsyncIterator[Event]:
+        """Yield events as they are committed, forever (cancel the consumer to stop).
+
+        Args:
+            after: Start after this seq; default: only events committed from now on.
+            poll_interval: Seconds between checks for writes by other processes;
+                writes by this process wake the iterator at once.
+        """
+        last = await self.count() if after is None else after
+        while True:
+            rows = await asyncio.to_thread(self._store.query, EventQuery(min_seq=last + 1, limit=1000))
+            for row in rows:
+                last = row[0]
+                yield event_from_row(row)
+            if len(rows) == 1000:
+                continue
+            if self._committed is None or self._committed.done():
+                self._committed = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._committed), poll_interval)
+
+    # -- erasure, checkpoints, proofs, verification ---------------------------------------
+
+    async def erase(self, ref: EventRef, *, reason: str, by: str) -> Erasure:
+        """Delete an event's content and salt everywhere; keep its leaf; record who and why.
+
+        The ledger still verifies afterwards: the leaf commits to the content's
+        digest, which is kept. A ``content.erased`` event (actor ``by``, caused
+        by the target) is appended in the same transaction, and the database
+        files are then rewritten so no copy of the content remains on disk.
+        """
+        writer = self._require_writer()
+        target = await self.get(ref)
+        if target.content_type is None:
+            raise InvalidRequestError(f"event {str(target.id)!r} has no content to erase")
+        if target.erased:
+            raise InvalidRequestError(f"the content of event {str(target.id)!r} is already erased")
+        draft = Draft(
+            kind="content.erased",
+            actor=by,
+            meta={"target": str(target.id), "target_seq": target.seq, "reason": reason},
+            causes=(target.id,),
+        )
+        checked = [self._check(0, draft)]
+        known = await self._check_causes(checked)
+        batch, events = self._seal(checked, known, erase=[target.seq])
+        writer.submit(batch)
+        await batch.future
+        return Erasure(target=target.id, event=events[0], scrubbed=batch.scrubbed)
+
+    async def checkpoint(self) -> Checkpoint:
+        """Sign a checkpoint of the tree as it stands, and store it."""
+        writer = self._require_writer()
+        batch, _ = self._seal([], {}, checkpoint=True)
+        if batch.checkpoint is None:
+            raise InvalidRequestError("the ledger is empty; there is nothing to checkpoint")
+        writer.submit(batch)
+        await batch.future
+        return self._checkpoint_model(batch.checkpoint)
+
+    def _checkpoint_model(self, row: CheckpointRow) -> Checkpoint:
+        size, root, ts, signature = row
+        return Checkpoint(
+            tree_size=size, root=root.hex(), ts=from_micros(ts), signature=signature.hex(), public_key=self._public_key
+        )
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        """Every signed checkpoint, oldest first."""
+        rows = await asyncio.to_thread(self._store.checkpoints)
+        return [self._checkpoint_model(r) for r in rows]
+
+    async def root(self, tree_size: int | None = None) -> tuple[int, str]:
+        """``(tree_size, root hex)`` of the committed tree, or of its first ``tree_size`` leaves."""
+
+        def run() -> tuple[int, str]:
+            size = self._store.size()
+            n = size if tree_size is None else tree_size
+            if not 0 <= n <= size:
+                raise InvalidRequestError(f"tree size {tree_size!r} is outside 0..{size}")
+            return n, StoreNodes(self._store).root(n).hex()
+
+        return await asyncio.to_thread(run)
+
+    async def inclusion_proof(self, ref: EventRef, *, tree_size: int | None = None) -> InclusionProof:
+        """Audit path proving an event is in the tree (default: the current tree)."""
+        event = await self.get(ref)
+
+        def run() -> InclusionProof:
+            size = self._store.size() if tree_size is None else tree_size
+            if not event.seq <= size <= self._store.size():
+                raise InvalidRequestError(
+                    f"tree size {size!r} does not contain seq {event.seq} (the ledger has {self._store.size()})"
+                )
+            nodes = StoreNodes(self._store)
+            path = inclusion_proof(nodes, event.seq - 1, size)
+            leaf = nodes.leaves(event.seq - 1, event.seq)[0]
+            return InclusionProof(
+                seq=event.seq,
+                tree_size=size,
+                leaf=leaf.hex(),
+                root=nodes.root(size).hex(),
+                path=[p.hex() for p in path],
+            )
+
+        return await asyncio.to_thread(run)
+
+    async def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
+        """Proof that the tree at ``old_size`` is a prefix of the tree at ``new_size``."""
+
+        def run() -> ConsistencyProof:
+            size = self._store.size()
+            new = size if new_size is None else new_size
+            if not 0 <= old_size <= new <= size:
+                raise InvalidRequestError(f"need 0 <= old_size <= new_size <= {size}, got {old_size!r}, {new!r}")
+            nodes = StoreNodes(self._store)
+            path = consistency_proof(nodes, old_size, new)
+            return ConsistencyProof(
+                old_size=old_size,
+                new_size=new,
+                old_root=nodes.root(old_size).hex(),
+                new_root=nodes.root(new).hex(),
+                path=[p.hex() for p in path],
+            )
+
+        return await asyncio.to_thread(run)
+
+    async def verify(self, *, public_key: str | None = None) -> VerifyReport:
+        """Recompute every digest, leaf, node and root from the stored events.
+
+        Trusts no stored hash: content digests are recomputed where content
+        remains, leaves from fields, the tree from leaves, and every checkpoint's
+        root and signature are checked against the recomputation.
+
+        Args:
+            public_key: Hex Ed25519 key to check signatures with; default the
+                habitat's own (pass one obtained out of band to trust nothing stored).
+        """
+        return await asyncio.to_thread(verify_store, self._store, public_key or self._public_key)
+
+
+def _draft(
+    kind: str,
+    actor: str,
+    content: Any,
+    meta: dict[str, Any] | None,
+    causes: Iterable[EventRef],
+    thread: str | None,
+    at: datetime | None,
+) -> Draft:
+    cause_ids = tuple(as_uuid(c) for c in causes)
+    return Draft.model_construct(
+        kind=kind, actor=actor, content=content, meta=meta or {}, causes=cause_ids, thread=thread, at=at
+    )
+
+
+def drafts_from(items: Sequence[Draft | dict[str, Any]]) -> list[Draft]:
+    """Accept drafts or plain mappings (validated into drafts)."""
+    from pydantic import ValidationError
+
+    out: list[Draft] = []
+    for i, item in enumerate(items):
+        if isinstance(item, Draft):
+            out.append(item)
+            continue
+        try:
+            out.append(Draft.model_validate(item))
+        except ValidationError as exc:
+            raise InvalidEventError(f"event {i} is malformed: {exc.errors()[0]['msg']}") from None
+    return out

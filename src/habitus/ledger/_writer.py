@@ -1,0 +1,181 @@
+"""The single writer: a thread that group-commits prepared batches.
+
+Appenders prepare their rows on the event loop (ids, seqs, digests, leaf
+hashes, the Merkle nodes they complete and any checkpoint due) and queue them
+here. The writer takes what is queued, up to :data:`GROUP_EVENTS` events, and
+writes it in one transaction, so many concurrent appenders share one commit
+while the loop prepares the next batches. Futures resolve only after the
+commit returns: an append is durable when it returns.
+
+If a write fails, nothing of it is kept. Every batch prepared against the lost
+seqs fails with :class:`~habitus.errors.StorageError`, and the sequencer is
+reset (a new *generation*) so that seqs and the Merkle frontier are handed out
+again from the last committed event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from habitus.errors import HabitatClosedError, StorageError
+from habitus.ledger._merkle import Frontier
+from habitus.storage._abstract import CheckpointRow, LedgerStore, Row, WriteBatch
+
+__all__ = ["GROUP_EVENTS", "Batch", "Sequencer", "Writer"]
+
+GROUP_EVENTS = 2048
+"""Most events one group commit takes (a single larger batch is still one commit)."""
+
+
+class Sequencer:
+    """The append-side state: next seq, last commit time, the frontier of the tree.
+
+    Shared by the loop (which hands out seqs) and the writer (which resets it
+    after a failed write); both hold ``lock`` while touching it.
+    """
+
+    def __init__(self, committed: int, last_ts: int, frontier: Frontier, last_checkpoint: int) -> None:
+        self.lock = threading.Lock()
+        self.next_seq = committed + 1
+        self.committed = committed
+        self.last_ts = last_ts
+        self.frontier: Frontier | None = frontier
+        self.last_checkpoint = last_checkpoint
+        self.generation = 0
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one append prepared, with the future to resolve when it is committed."""
+
+    generation: int
+    rows: list[Row]
+    edges: list[tuple[int, int]]
+    nodes: list[tuple[int, int, bytes]]
+    future: asyncio.Future[None]
+    checkpoint: CheckpointRow | None = None
+    erase: list[int] = field(default_factory=list)
+    scrubbed: bool = False
+
+
+class Writer:
+    """Owns the write side of a store on a dedicated thread."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        sequencer: Sequencer,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_commit: Callable[[list[Batch]], None],
+    ) -> None:
+        self._store = store
+        self._seq = sequencer
+        self._loop = loop
+        self._on_commit = on_commit
+        self._queue: list[Batch] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="habitus-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        """Queue a prepared batch; its future resolves after its commit."""
+        with self._cond:
+            if self._stopping:
+                raise HabitatClosedError("the ledger is closed; open the habitat again to write")
+            self._queue.append(batch)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Commit what is queued and end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                group = self._take()
+                done = self._stopping and not group
+            if done:
+                return
+            self._commit(group)
+
+    def _take(self) -> list[Batch]:
+        """Take queued batches up to :data:`GROUP_EVENTS` events (at least one batch).
+
+        Capping the group keeps a pipeline: while this group is written, the
+        appenders whose batches committed earlier prepare their next ones.
+        """
+        taken = 0
+        count = 0
+        for batch in self._queue:
+            if count and taken + len(batch.rows) > GROUP_EVENTS:
+                break
+            taken += len(batch.rows)
+            count += 1
+        group = self._queue[:count]
+        del self._queue[:count]
+        return group
+
+    def _fail(self, batches: list[Batch], error: BaseException) -> None:
+        def fail() -> None:
+            for batch in batches:
+                if not batch.future.done():
+                    batch.future.set_exception(error)
+
+        self._loop.call_soon_threadsafe(fail)
+
+    def _commit(self, group: list[Batch]) -> None:
+        with self._seq.lock:
+            generation = self._seq.generation
+        stale = [b for b in group if b.generation != generation]
+        live = [b for b in group if b.generation == generation]
+        if stale:
+            self._fail(stale, StorageError("an earlier write failed, so this append was not kept; retry it"))
+        if not live:
+            return
+        rows: list[Row] = []
+        edges: list[tuple[int, int]] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        erase: list[int] = []
+        checkpoint: CheckpointRow | None = None
+        for batch in live:
+            rows.extend(batch.rows)
+            edges.extend(batch.edges)
+            nodes.extend(batch.nodes)
+            erase.extend(batch.erase)
+            checkpoint = batch.checkpoint or checkpoint
+        try:
+            self._store.write(WriteBatch(rows, edges, nodes, checkpoint, erase))
+        except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure
+            with self._seq.lock:
+                self._seq.generation += 1
+                self._seq.next_seq = self._seq.committed + 1
+                self._seq.frontier = None  # rebuilt from the store before the next append
+            error = exc if isinstance(exc, StorageError) else StorageError(f"writing the ledger failed: {exc!r}")
+            self._fail(live, error)
+            return
+        if rows:
+            with self._seq.lock:
+                self._seq.committed = rows[-1][0]
+        for batch in live:
+            if batch.erase:
+                try:
+                    batch.scrubbed = self._store.scrub()
+                except StorageError:
+                    batch.scrubbed = False
+        self._loop.call_soon_threadsafe(self._resolve, live)
+
+    def _resolve(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            if not batch.future.done():
+                batch.future.set_result(None)
+        self._on_commit(batches)

@@ -1,0 +1,374 @@
+"""The embedded SQLite store: one file in WAL mode, one writer, readers in parallel.
+
+Durability: every write is one transaction. With ``durability="normal"``
+(``synchronous=NORMAL``) a commit survives the process being killed at any
+moment; with ``"full"`` it also survives power loss, at the cost of an fsync
+per commit. ``secure_delete`` is on, so deleted content is overwritten with
+zeros in the database file, and :meth:`SQLiteStore.scrub` checkpoints and
+truncates the WAL so no older copy of a page survives there either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any, Literal
+
+from habitus.errors import ReadOnlyHabitatError, StorageError
+from habitus.storage._abstract import CheckpointRow, EventQuery, Row, WriteBatch
+from habitus.storage._postings import SCHEMA as POSTINGS_SCHEMA
+from habitus.storage._postings import build_postings, iter_seqs
+
+__all__ = ["SQLiteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL,
+    ts INTEGER NOT NULL,
+    at INTEGER,
+    actor TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    thread TEXT,
+    meta TEXT NOT NULL,
+    causes BLOB,
+    ctype INTEGER,
+    digest BLOB,
+    leaf BLOB NOT NULL,
+    salt BLOB,
+    body BLOB
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events (id);
+CREATE TABLE IF NOT EXISTS edges (
+    cause INTEGER NOT NULL, effect INTEGER NOT NULL, PRIMARY KEY (cause, effect)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    tree_size INTEGER PRIMARY KEY, root BLOB NOT NULL, ts INTEGER NOT NULL, signature BLOB NOT NULL
+);
+"""
+
+_COLUMNS = "seq, id, ts, at, actor, kind, thread, meta, causes, ctype, digest, leaf, salt, body"
+_INSERT_EVENTS = f"INSERT INTO events ({_COLUMNS}) VALUES "
+_INSERT_EDGES = "INSERT OR IGNORE INTO edges (cause, effect) VALUES "
+_INSERT_NODES = "INSERT INTO nodes (level, idx, hash) VALUES "
+_INSERT_POSTINGS = "INSERT INTO postings (key, first, last, offsets) VALUES "
+_CHUNK = 500  # SQLite's default limit on host parameters is far above this
+_MAX_PARAMS = 30_000  # below SQLITE_MAX_VARIABLE_NUMBER (32766 since SQLite 3.32)
+
+
+def _insert_many(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]], width: int) -> None:
+    """Insert rows with as few statements as possible.
+
+    sqlite3's ``executemany`` releases and retakes the GIL for every row; while
+    the event loop thread is busy preparing the next batch, each retake can wait
+    a whole switch interval (5 ms). Multi-row statements retake it once per
+    statement, which is what lets this writer thread overlap with the loop.
+    Full-size statements are cached by SQLite; only the tail gets a new one.
+    """
+    per = _MAX_PARAMS // width
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        conn.execute(_statement(head, width, len(chunk)), list(chain.from_iterable(chunk)))
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(head: str, width: int, count: int) -> str:
+    # The same str object each time lets sqlite3's statement cache find it without rehashing 30 KB.
+    one = "(" + ",".join("?" * width) + ")"
+    return head + ",".join([one] * count)
+
+
+class SQLiteStore:
+    """A :class:`~habitus.storage.LedgerStore` on one SQLite file.
+
+    Args:
+        path: The database file.
+        read_only: Refuse writes (readers in other processes use this).
+        durability: ``"normal"`` survives a killed process, ``"full"`` a power loss.
+    """
+
+    def __init__(
+        self, path: Path, *, read_only: bool = False, durability: Literal["normal", "full"] = "normal"
+    ) -> None:
+        self._path = path
+        self._read_only = read_only
+        self._sync = "FULL" if durability == "full" else "NORMAL"
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._writer: sqlite3.Connection | None = None
+        if not read_only:
+            self._writer = self._connect(writer=True)
+            self._writer.executescript(_SCHEMA + POSTINGS_SCHEMA)
+
+    # -- connections -------------------------------------------------------------------
+
+    def _connect(self, *, writer: bool) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if writer:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self._sync}")
+                conn.execute("PRAGMA secure_delete = ON")
+                conn.execute("PRAGMA cache_size = -65536")
+            else:
+                conn.execute("PRAGMA query_only = ON")
+                conn.execute("PRAGMA cache_size = -32768")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the ledger database {str(self._path)!r}: {exc}") from exc
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StorageError("the store is closed")
+            conn = self._connect(writer=False)
+            self._local.conn = conn
+        return conn
+
+    def _write_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise ReadOnlyHabitatError(f"the habitat database {str(self._path)!r} is open read-only")
+        return self._writer
+
+    @property
+    def read_only(self) -> bool:
+        """True if this store refuses writes."""
+        return self._read_only
+
+    def close(self) -> None:
+        """Close every connection this store opened. Idempotent."""
+        with self._lock:
+            self._closed = True
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # -- writes ------------------------------------------------------------------------
+
+    def write(self, batch: WriteBatch) -> None:
+        """Apply one group commit atomically."""
+        conn = self._write_conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _insert_many(conn, _INSERT_EVENTS, batch.rows, 14)
+                _insert_many(conn, _INSERT_EDGES, batch.edges, 2)
+                _insert_many(conn, _INSERT_NODES, batch.nodes, 3)
+                _insert_many(conn, _INSERT_POSTINGS, build_postings(batch.rows), 4)
+                if batch.checkpoint is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO checkpoints (tree_size, root, ts, signature) VALUES (?, ?, ?, ?)",
+                        batch.checkpoint,
+                    )
+                for seq in batch.erase:
+                    conn.execute("UPDATE events SET salt = NULL, body = NULL WHERE seq = ?", (seq,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"writing to {str(self._path)!r} failed, nothing was kept: {exc}") from exc
+
+    def scrub(self) -> bool:
+        """Copy the WAL into the database and truncate it, so no stale page copy remains."""
+        conn = self._write_conn()
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"scrubbing {str(self._path)!r} failed: {exc}") from exc
+        return int(busy) == 0
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a habitat-level setting."""
+        conn = self._write_conn()
+        try:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        except sqlite3.Error as exc:
+            raise StorageError(f"writing setting {key!r} failed: {exc}") from exc
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _all_rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"reading {str(self._path)!r} failed: {exc}") from exc
+
+    def get_meta(self, key: str) -> str | None:
+        """Read a habitat-level setting."""
+        rows = self._all_rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def size(self) -> int:
+        """The last seq (0 when empty)."""
+        rows = self._all_rows("SELECT max(seq) FROM events")
+        value = rows[0][0]
+        return int(value) if isinstance(value, int) else 0
+
+    def _rows_in(self, column: str, values: Sequence[object]) -> list[Row]:
+        out: list[Row] = []
+        for i in range(0, len(values), _CHUNK):
+            chunk = values[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            out.extend(self._all_rows(f"SELECT {_COLUMNS} FROM events WHERE {column} IN ({marks})", chunk))
+        out.sort(key=lambda r: r[0])
+        return out
+
+    def rows_by_seq(self, seqs: Sequence[int]) -> list[Row]:
+        """Rows with the given seqs, in seq order."""
+        return self._rows_in("seq", seqs)
+
+    def rows_by_id(self, ids: Sequence[bytes]) -> list[Row]:
+        """Rows with the given ids, in seq order."""
+        return self._rows_in("id", ids)
+
+    def seqs_of_ids(self, ids: Sequence[bytes]) -> dict[bytes, int]:
+        """Map existing ids to their seqs."""
+        out: dict[bytes, int] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for id_, seq in self._all_rows(f"SELECT id, seq FROM events WHERE id IN ({marks})", chunk):
+                out[id_] = seq
+        return out
+
+    def query(self, query: EventQuery) -> list[Row]:
+        """Rows matching the filters, in the requested order.
+
+        Without actor, kind or thread filters this is a range scan on seq.
+        Otherwise the most selective filter's postings (thread, then actor,
+        then kind) drive the scan, and the other filters are checked on the
+        rows fetched, a chunk at a time, until the page is full.
+        """
+        lo = max(query.min_seq, 1)
+        hi = query.max_seq if query.max_seq is not None else (1 << 62)
+        order = "DESC" if query.order == "desc" else "ASC"
+        if query.kinds is not None and not query.kinds:
+            return []
+        if query.actor is None and query.kinds is None and query.thread is None:
+            sql = f"SELECT {_COLUMNS} FROM events WHERE seq >= ? AND seq <= ? ORDER BY seq {order} LIMIT ?"
+            return self._all_rows(sql, (lo, hi, query.limit))
+        if query.thread is not None:
+            keys = ["t:" + query.thread]
+        elif query.actor is not None:
+            keys = ["a:" + query.actor]
+        else:
+            keys = ["k:" + k for k in query.kinds or ()]
+        where = []
+        params: list[object] = []
+        if query.actor is not None:
+            where.append("actor = ?")
+            params.append(query.actor)
+        if query.kinds is not None:
+            where.append(f"kind IN ({','.join('?' * len(query.kinds))})")
+            params.extend(query.kinds)
+        extra = "".join(" AND " + w for w in where)
+        out: list[Row] = []
+        try:
+            conn = self._reader()
+            seqs = iter_seqs(conn, keys, lo, hi, query.order)
+            chunk_size = max(64, min(query.limit * 2, _CHUNK))
+            while len(out) < query.limit:
+                chunk = list(islice(seqs, chunk_size))
+                if not chunk:
+                    break
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT {_COLUMNS} FROM events WHERE seq IN ({marks}){extra} ORDER BY seq {order}"
+                out.extend(conn.execute(sql, [*chunk, *params]).fetchall())
+        except sqlite3.Error as exc:
+            raise StorageError(f"reading {str(self._path)!r} failed: {exc}") from exc
+        return out[: query.limit]
+
+    def effects_of(self, seqs: Sequence[int]) -> list[tuple[int, int]]:
+        """Edges leaving the given seqs."""
+        out: list[tuple[int, int]] = []
+        for i in range(0, len(seqs), _CHUNK):
+            chunk = seqs[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            out.extend(self._all_rows(f"SELECT cause, effect FROM edges WHERE cause IN ({marks})", chunk))
+        return out
+
+    def first_seq_at_or_after(self, ts: int) -> int:
+        """Binary search over seq: ``ts`` never decreases with seq, so no index is needed."""
+        lo, hi = 1, self.size() + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            rows = self._all_rows("SELECT ts FROM events WHERE seq = ?", (mid,))
+            if rows and int(rows[0][0]) < ts:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        """Leaf hashes for leaf indexes ``[start, end)``."""
+        rows = self._all_rows("SELECT leaf FROM events WHERE seq > ? AND seq <= ? ORDER BY seq", (start, end))
+        return [bytes(r[0]) for r in rows]
+
+    def node(self, level: int, index: int) -> bytes | None:
+        """A stored Merkle node."""
+        rows = self._all_rows("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index))
+        return bytes(rows[0][0]) if rows else None
+
+    def iter_rows(self, start_seq: int = 1) -> Iterator[Row]:
+        """Stream rows in seq order with a dedicated connection (safe alongside other reads)."""
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            # A verifier must be able to read rows whose text was tampered into invalid UTF-8.
+            conn.text_factory = _lenient_text
+            cursor = conn.execute(f"SELECT {_COLUMNS} FROM events WHERE seq >= ? ORDER BY seq", (start_seq,))
+            cursor.arraysize = 4096
+            while True:
+                chunk = cursor.fetchmany()
+                if not chunk:
+                    break
+                yield from chunk
+        except sqlite3.Error as exc:
+            raise StorageError(f"reading {str(self._path)!r} failed: {exc}") from exc
+        finally:
+            conn.close()
+
+    def iter_nodes(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every stored Merkle node."""
+        for level, idx, node in self._all_rows("SELECT level, idx, hash FROM nodes"):
+            yield int(level), int(idx), bytes(node)
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        """Every checkpoint, by tree size."""
+        rows = self._all_rows("SELECT tree_size, root, ts, signature FROM checkpoints ORDER BY tree_size")
+        return [(int(a), bytes(b), int(c), bytes(d)) for a, b, c, d in rows]
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def database_files(directory: Path) -> list[Path]:
+    """Files SQLite keeps for the ledger database in ``directory``."""
+    base = directory / "ledger.db"
+    return [p for p in (base, Path(f"{base}-wal"), Path(f"{base}-shm")) if p.exists()]
+
+
+def remove_database(directory: Path) -> None:
+    """Delete the ledger database files (used when a half-made habitat is cleaned up)."""
+    for path in database_files(directory):
+        os.remove(path)
