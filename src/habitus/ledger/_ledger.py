@@ -195,7 +195,8 @@ class Ledger:
     def _load_head(self) -> tuple[int, int, Frontier, int]:
         size = self._store.size()
         last_ts = self._store.rows_by_seq([size])[0][2] if size else 0
-        frontier = rebuild_frontier(self._store, size)
+        # A reader needs no frontier; only a writer extends the tree.
+        frontier = Frontier() if self._store.read_only else rebuild_frontier(self._store, size)
         checkpoints = self._store.checkpoints()
         return size, last_ts, frontier, checkpoints[-1][0] if checkpoints else 0
 
@@ -403,7 +404,8 @@ class Ledger:
                 signed = (size, root, ts, self._signer.sign(size, root, from_micros(ts)))
                 seqr.last_checkpoint = size
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        batch = Batch(generation, rows, edges, nodes, future, signed, erase or [])
+        # Erasures, and checkpoints asked for by name, also rewrite the WAL away (see erase()).
+        batch = Batch(generation, rows, edges, nodes, future, signed, erase or [], scrub=bool(erase) or checkpoint)
         return batch, CommittedEvents(rows)
 
     def _on_commit(self, batches: list[Batch]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from habitus.ledger._codec import content_digest, from_micros, leaf_hash
 from habitus.ledger._merkle import Frontier
@@ -23,6 +24,34 @@ from habitus.storage._abstract import LedgerStore
 __all__ = ["verify_store"]
 
 _MAX_PROBLEMS = 20
+
+
+_TYPES: tuple[tuple[str, tuple[type, ...], bool], ...] = (
+    ("seq", (int,), False),
+    ("id", (bytes,), False),
+    ("ts", (int,), False),
+    ("at", (int,), True),
+    ("actor", (str,), False),
+    ("kind", (str,), False),
+    ("thread", (str,), True),
+    ("meta", (str,), False),
+    ("causes", (bytes,), True),
+    ("ctype", (int,), True),
+    ("digest", (bytes,), True),
+    ("leaf", (bytes,), False),
+    ("salt", (bytes,), True),
+    ("body", (bytes,), True),
+)
+
+
+def _wrong_types(row: list[Any]) -> str | None:
+    """Name of the first column whose stored value has a type no append could have written."""
+    for (name, types, nullable), value in zip(_TYPES, row, strict=True):
+        if value is None and nullable:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            return name
+    return None
 
 
 def verify_store(store: LedgerStore, public_key: str) -> VerifyReport:
@@ -62,10 +91,21 @@ def verify_store(store: LedgerStore, public_key: str) -> VerifyReport:
     last_ts: int | None = None
     erased: list[int] = []
     erasure_claims: set[int] = set()
-    for row in store.iter_rows():
+    for stored in store.iter_rows():
         if len(problems) >= _MAX_PROBLEMS:
             break
+        row: list[Any] = list(stored)  # stored values are checked, not trusted: no narrower type
         seq, id_, ts, at, actor, kind, thread, meta, causes, ctype, digest, leaf, salt, body = row
+        wrong = _wrong_types(row)
+        if wrong:
+            if not isinstance(seq, int):
+                problem(expected, "sequence", f"the event after seq {expected - 1} has a non-integer seq")
+                break
+            problem(seq, "event", f"stored field {wrong} has the wrong type")
+            expected = seq + 1
+            frontier.append(b"", completed)
+            completed.clear()
+            continue
         if seq != expected:
             problem(expected, "sequence", f"seq {expected} is missing (the next stored event has seq {seq})")
             expected = seq
@@ -75,7 +115,10 @@ def verify_store(store: LedgerStore, public_key: str) -> VerifyReport:
         if last_ts is not None and ts < last_ts:
             problem(seq, "event", f"its commit time {ts} is earlier than the previous event's {last_ts}")
         last_ts = ts
-        if (salt is None) != (body is None):
+        if ctype not in (None, 1, 2, 3):
+            problem(seq, "content", f"unknown content type {ctype!r}")
+            ctype = 0  # still hashed into the leaf below, which then fails to match
+        elif (salt is None) != (body is None):
             problem(seq, "content", "content and salt must be both present or both erased")
         elif (
             ctype is not None and salt is not None and body is not None and digest != content_digest(salt, ctype, body)
@@ -101,10 +144,17 @@ def verify_store(store: LedgerStore, public_key: str) -> VerifyReport:
         for level, idx, node in completed:
             if stored_nodes.pop((level, idx), None) != node:
                 first = (idx << level) + 1
+                if any(first <= p.seq for p in problems):
+                    continue  # explained by a problem found among the leaves it covers
                 problem(first, "node", f"stored Merkle node (level {level}, index {idx}) does not match the events")
         completed.clear()
         claim = checkpoints.get(frontier.size)
-        if claim is not None and frontier.root() != claim[0]:
+        # A root mismatch already explained by a finer problem in its range adds nothing.
+        if (
+            claim is not None
+            and frontier.root() != claim[0]
+            and not any(claim[1] <= p.seq <= frontier.size for p in problems)
+        ):
             problem(
                 claim[1],
                 "checkpoint",

@@ -58,6 +58,7 @@ class Batch:
     future: asyncio.Future[None]
     checkpoint: CheckpointRow | None = None
     erase: list[int] = field(default_factory=list)
+    scrub: bool = False
     scrubbed: bool = False
 
 
@@ -167,7 +168,7 @@ class Writer:
             with self._seq.lock:
                 self._seq.committed = rows[-1][0]
         for batch in live:
-            if batch.erase:
+            if batch.scrub:
                 try:
                     batch.scrubbed = self._store.scrub()
                 except StorageError:

@@ -1,0 +1,67 @@
+"""The docs are a tested contract: every kind, command, option and setting is documented,
+and the README's Python example runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from habitus import Settings
+from habitus._cli import cli
+from habitus.ledger import all_kinds
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+README = DOCS.parent / "README.md"
+
+
+def test_every_registered_kind_is_documented_and_nothing_else() -> None:
+    text = (DOCS / "kinds.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([a-z_.]+)` \|", text, flags=re.MULTILINE))
+    assert documented == {k.name for k in all_kinds()}
+    for kind in all_kinds():
+        assert kind.summary in text, f"kinds.md should describe {kind.name} as: {kind.summary}"
+
+
+def test_every_command_and_option_is_documented() -> None:
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert isinstance(cli, click.Group)
+    for name, command in cli.commands.items():
+        assert f"## `habitus {name}" in text, f"docs/cli.md lacks a section for {name}"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert any(opt in text for opt in param.opts), f"docs/cli.md lacks {name} {param.opts}"
+    for param in cli.params:
+        if isinstance(param, click.Option):
+            assert any(opt in text for opt in param.opts)
+
+
+def test_every_setting_is_documented() -> None:
+    text = (DOCS / "settings.md").read_text(encoding="utf-8")
+    for name in Settings.model_fields:
+        assert f"| `{name}` |" in text, f"docs/settings.md lacks {name}"
+
+
+def test_readme_starts_with_exactly_two_commands() -> None:
+    text = README.read_text(encoding="utf-8")
+    first_block = re.search(r"```sh\n(.*?)```", text, flags=re.DOTALL)
+    assert first_block is not None and text.index("```sh") < text.index("\n## ")
+    commands = [line for line in first_block.group(1).splitlines() if line.strip()]
+    assert [c.split("#")[0].strip() for c in commands] == ["./dev demo", "./dev test"]
+    assert (README.parent / ".ci" / "run").read_text().count("./dev test") == 1
+
+
+def test_readme_python_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for env in [k for k in __import__("os").environ if k.startswith("HABITUS_")]:
+        monkeypatch.delenv(env)
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["['message.sent']", "True"]
