@@ -98,6 +98,11 @@ async def test_world_time_thread_and_meta_are_kept(habitat: Habitat) -> None:
         ),
         ({"kind": "note.recorded", "actor": "human:a", "content": "\udc80"}, InvalidEventError, "encode"),
         (
+            {"kind": "note.recorded", "actor": "human:a", "content": "x", "at": "2024-01-01"},
+            InvalidEventError,
+            "datetime",
+        ),
+        (
             {"kind": "note.recorded", "actor": "human:a", "content": "x", "causes": [uuid.UUID(int=7)]},
             UnknownCauseError,
             "00000000-0000-0000-0000-000000000007",
@@ -131,6 +136,14 @@ async def test_size_limits_are_enforced(tmp_path: Path) -> None:
             await hab.ledger.append("note.recorded", actor="human:a", content="x" * 101)
         with pytest.raises(ContentTooLargeError, match="meta is"):
             await hab.ledger.append("note.recorded", actor="human:a", content="x", meta={"tags": ["y" * 80]})
+
+
+async def test_drafts_accept_events_as_causes(habitat: Habitat) -> None:
+    first = await habitat.ledger.append("note.recorded", actor="human:a", content="first")
+    (second,) = await habitat.ledger.append_many(
+        [Draft(kind="note.recorded", actor="human:a", content="2", causes=[first])]
+    )
+    assert second.causes == (first.id,)
 
 
 async def test_a_bad_draft_in_a_batch_writes_nothing(habitat: Habitat) -> None:

@@ -42,7 +42,7 @@ CTYPE_BYTES = 3
 CTYPE_NAMES = {CTYPE_TEXT: "text", CTYPE_JSON: "json", CTYPE_BYTES: "bytes"}
 
 _sha256 = hashlib.sha256
-_HEAD = struct.Struct(">4s16sqBqI")
+_HEAD = struct.Struct(">5s16sqBq")  # 0x00 leaf prefix + "HBv1", id, ts, has_at, at
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -83,7 +83,23 @@ def decode_content(ctype: int, body: bytes) -> Any:
 
 def content_digest(salt: bytes, ctype: int, body: bytes) -> bytes:
     """SHA-256 over salt, content type and body."""
-    return _sha256(salt + bytes((ctype,)) + body).digest()
+    return _sha256(salt + (_CTYPE_TAGS.get(ctype) or bytes((ctype,))) + body).digest()
+
+
+def _segment(text: str) -> bytes:
+    """``u32 length || utf-8 bytes`` of a string, memoised for the short strings that repeat."""
+    segment = _SEGMENTS.get(text)
+    if segment is None:
+        # surrogateescape only matters when verifying rows whose text was tampered with
+        raw = text.encode("utf-8", "surrogateescape")
+        segment = _U32.pack(len(raw)) + raw
+        if len(text) <= 256 and len(_SEGMENTS) < 65_536:
+            _SEGMENTS[text] = segment
+    return segment
+
+
+_SEGMENTS: dict[str, bytes] = {}
+_CTYPE_TAGS = {CTYPE_TEXT: b"\x01", CTYPE_JSON: b"\x02", CTYPE_BYTES: b"\x03"}
 
 
 def leaf_hash(
@@ -99,28 +115,19 @@ def leaf_hash(
     digest: bytes | None,
 ) -> bytes:
     """RFC 6962 leaf hash of an event's canonical encoding (see the module docstring)."""
-    # surrogateescape only matters when verifying rows whose text was tampered with
-    actor_b = actor.encode("utf-8", "surrogateescape")
-    kind_b = kind.encode("utf-8", "surrogateescape")
-    thread_b = (
-        b"\x00" if thread is None else b"\x01" + _U32.pack(len(b := thread.encode("utf-8", "surrogateescape"))) + b
-    )
-    meta_b = meta.encode("utf-8", "surrogateescape")
-    causes_b = causes or b""
-    parts = (
-        b"\x00",
-        _HEAD.pack(b"HBv1", id_, ts, at is not None, at or 0, len(actor_b)),
-        actor_b,
-        _U32.pack(len(kind_b)),
-        kind_b,
-        thread_b,
-        _U32.pack(len(meta_b)),
-        meta_b,
-        _U16.pack(len(causes_b) // 16),
-        causes_b,
-        b"\x00" if ctype is None else bytes((ctype,)) + (digest or b""),
-    )
-    return _sha256(b"".join(parts)).digest()
+    return _sha256(
+        b"".join(
+            (
+                _HEAD.pack(b"\x00HBv1", id_, ts, at is not None, at or 0),
+                _segment(actor),
+                _segment(kind),
+                b"\x00" if thread is None else b"\x01" + _segment(thread),
+                _segment(meta),
+                _U16.pack(len(causes) // 16) + causes if causes else b"\x00\x00",
+                b"\x00" if ctype is None else (_CTYPE_TAGS.get(ctype) or bytes((ctype,))) + (digest or b""),
+            )
+        )
+    ).digest()
 
 
 def to_micros(value: datetime) -> int:

@@ -116,11 +116,20 @@ def event_from_row(row: Row) -> Event:
     )
 
 
-def _utf8(text: str) -> bool:
+_VALID_ACTORS: set[str] = set()
+_VALID_THREADS: set[str] = set()
+# Strings already checked (bounded), so hot appenders skip the regex.
+
+
+def _valid(pattern: re.Pattern[str], text: str, seen: set[str]) -> bool:
+    if not pattern.match(text):
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
+    if len(seen) < 100_000:
+        seen.add(text)
     return True
 
 
@@ -281,7 +290,8 @@ class Ledger:
     def _check(self, index: int, draft: Draft) -> tuple[Any, ...]:
         where = f"event {index}" if index else "the event"
         spec = get_kind(draft.kind)
-        if not isinstance(draft.actor, str) or not _ACTOR_RE.match(draft.actor):
+        actor = draft.actor
+        if not (isinstance(actor, str) and (actor in _VALID_ACTORS or _valid(_ACTOR_RE, actor, _VALID_ACTORS))):
             raise InvalidEventError(
                 f"{where}: actor {draft.actor!r} is not a principal; use 'agent:<id>', 'human:<id>', "
                 "'source:<id>', 'service:<id>' or 'system'"
@@ -312,17 +322,23 @@ class Ledger:
             )
         context = current_context()
         thread = draft.thread if draft.thread is not None else context.thread
-        if thread is not None and (not isinstance(thread, str) or not _THREAD_RE.match(thread) or not _utf8(thread)):
+        if thread is not None and not (
+            isinstance(thread, str) and (thread in _VALID_THREADS or _valid(_THREAD_RE, thread, _VALID_THREADS))
+        ):
             raise InvalidEventError(f"{where}: thread {thread!r} must be 1-256 printable characters")
         at = None
         if draft.at is not None:
+            if not isinstance(draft.at, datetime):
+                raise InvalidEventError(f"{where}: world time must be a datetime, not {draft.at!r}")
             if draft.at.tzinfo is None:
                 raise InvalidEventError(f"{where}: world time {draft.at!r} must be timezone-aware")
             at = to_micros(draft.at)
-        causes = list(context.causes)
-        for cause in draft.causes:
-            if cause not in causes:
-                causes.append(cause)
+        if not context.causes:
+            causes = draft.causes
+            if len(causes) > 1 and len(set(causes)) != len(causes):
+                causes = tuple(dict.fromkeys(causes))
+        else:
+            causes = tuple(dict.fromkeys((*context.causes, *draft.causes)))
         if len(causes) > 1000:
             raise InvalidEventError(f"{where}: {len(causes)} causes is over the limit of 1000")
         return (draft, spec, meta, encoded, thread, at, causes)

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 __all__ = [
     "Checkpoint",
@@ -56,6 +56,14 @@ class Draft(_Frozen):
     causes: tuple[uuid.UUID, ...] = ()
     thread: str | None = None
     at: datetime | None = None
+
+    @field_validator("causes", mode="before")
+    @classmethod
+    def _cause_ids(cls, value: Any) -> Any:
+        """Accept events themselves as causes, as ``append`` does."""
+        if isinstance(value, list | tuple):
+            return tuple(getattr(v, "id", v) for v in value)
+        return value
 
 
 class Event(_Frozen):
