@@ -250,7 +250,10 @@ def cte_baseline(db: Path, copy: Path, targets: list[tuple[Any, int]]) -> dict[s
     conn = sqlite3.connect(copy, isolation_level=None, uri=True)
     conn.execute("ATTACH DATABASE ? AS src", (db.as_uri() + "?mode=ro",))
     conn.execute("CREATE TABLE edges (effect INTEGER, cause INTEGER, PRIMARY KEY (effect, cause)) WITHOUT ROWID")
-    conn.execute("INSERT INTO edges SELECT effect, cause FROM src.edges ORDER BY effect, cause")
+    conn.execute(
+        "INSERT INTO edges SELECT effect, cause FROM src.edges UNION SELECT effect, cause FROM src.edges_recent "
+        "ORDER BY 1, 2"
+    )
     sql = """
         WITH RECURSIVE walk(seq, d) AS (
             SELECT ?, 0 UNION SELECT e.cause, w.d + 1 FROM walk w JOIN edges e ON e.effect = w.seq WHERE w.d < ?

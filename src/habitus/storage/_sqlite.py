@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from habitus.errors import ReadOnlyHabitatError, StorageError
 from habitus.storage._abstract import CheckpointRow, EventQuery, Row, WriteBatch
+from habitus.storage._postings import MERGE_EVENTS, build_postings, iter_seqs, merge_recent, recent_start
 from habitus.storage._postings import SCHEMA as POSTINGS_SCHEMA
-from habitus.storage._postings import build_postings, iter_seqs
 
 __all__ = ["SQLiteStore"]
 
@@ -49,6 +49,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events (id);
 CREATE TABLE IF NOT EXISTS edges (
     cause INTEGER NOT NULL, effect INTEGER NOT NULL, PRIMARY KEY (cause, effect)
 ) WITHOUT ROWID;
+-- New edges land here, a table small enough that a commit dirties few pages of it,
+-- and move to edges when the recent postings are merged (see _postings).
+CREATE TABLE IF NOT EXISTS edges_recent (
+    cause INTEGER NOT NULL, effect INTEGER NOT NULL, PRIMARY KEY (cause, effect)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
@@ -59,9 +64,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 _COLUMNS = "seq, id, ts, at, actor, kind, thread, meta, causes, ctype, digest, leaf, salt, body"
 _INSERT_EVENTS = f"INSERT INTO events ({_COLUMNS}) VALUES "
-_INSERT_EDGES = "INSERT OR IGNORE INTO edges (cause, effect) VALUES "
+_INSERT_EDGES = "INSERT OR IGNORE INTO edges_recent (cause, effect) VALUES "
 _INSERT_NODES = "INSERT INTO nodes (level, idx, hash) VALUES "
-_INSERT_POSTINGS = "INSERT INTO postings (key, first, last, offsets) VALUES "
+_INSERT_POSTINGS = "INSERT INTO postings_recent (key, first, last, offsets) VALUES "
+_UNKNOWN = -1
+_WAL_PAGES = 8000  # fewer, larger WAL checkpoints: pages rewritten by many commits are copied once
 _CHUNK = 500  # SQLite's default limit on host parameters is far above this
 _MAX_PARAMS = 30_000  # below SQLITE_MAX_VARIABLE_NUMBER (32766 since SQLite 3.32)
 
@@ -108,6 +115,7 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._closed = False
         self._writer: sqlite3.Connection | None = None
+        self._recent_start: int | None = _UNKNOWN
         if not read_only:
             self._writer = self._connect(writer=True)
             self._writer.executescript(_SCHEMA + POSTINGS_SCHEMA)
@@ -123,6 +131,8 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA synchronous = {self._sync}")
                 conn.execute("PRAGMA secure_delete = ON")
                 conn.execute("PRAGMA cache_size = -65536")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}")
+                conn.execute("PRAGMA journal_size_limit = 67108864")
             else:
                 conn.execute("PRAGMA query_only = ON")
                 conn.execute("PRAGMA cache_size = -32768")
@@ -171,7 +181,9 @@ class SQLiteStore:
                 _insert_many(conn, _INSERT_EVENTS, batch.rows, 14)
                 _insert_many(conn, _INSERT_EDGES, batch.edges, 2)
                 _insert_many(conn, _INSERT_NODES, batch.nodes, 3)
-                _insert_many(conn, _INSERT_POSTINGS, build_postings(batch.rows), 4)
+                if batch.rows:
+                    _insert_many(conn, _INSERT_POSTINGS, build_postings(batch.rows), 4)
+                    self._merge_postings(conn, batch.rows[0][0], batch.rows[-1][0])
                 if batch.checkpoint is not None:
                     conn.execute(
                         "INSERT OR REPLACE INTO checkpoints (tree_size, root, ts, signature) VALUES (?, ?, ?, ?)",
@@ -181,11 +193,25 @@ class SQLiteStore:
                     conn.execute("UPDATE events SET salt = NULL, body = NULL WHERE seq = ?", (seq,))
                 conn.execute("COMMIT")
             except BaseException:
+                self._recent_start = _UNKNOWN
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise StorageError(f"writing to {str(self._path)!r} failed, nothing was kept: {exc}") from exc
+
+    def _merge_postings(self, conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
+        """Merge the recent postings and edges once they cover MERGE_EVENTS events (see _postings)."""
+        if self._recent_start == _UNKNOWN:
+            self._recent_start = recent_start(conn)  # this group's rows are already in
+        if self._recent_start is None:
+            self._recent_start = first_seq
+        start = self._recent_start
+        if last_seq - start + 1 >= MERGE_EVENTS:
+            merge_recent(conn)
+            conn.execute("INSERT OR IGNORE INTO edges SELECT cause, effect FROM edges_recent ORDER BY cause, effect")
+            conn.execute("DELETE FROM edges_recent")
+            self._recent_start = None
 
     def scrub(self) -> bool:
         """Copy the WAL into the database and truncate it, so no stale page copy remains."""
@@ -303,7 +329,13 @@ class SQLiteStore:
         for i in range(0, len(seqs), _CHUNK):
             chunk = seqs[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            out.extend(self._all_rows(f"SELECT cause, effect FROM edges WHERE cause IN ({marks})", chunk))
+            out.extend(
+                self._all_rows(
+                    f"SELECT cause, effect FROM edges WHERE cause IN ({marks}) "
+                    f"UNION ALL SELECT cause, effect FROM edges_recent WHERE cause IN ({marks})",
+                    [*chunk, *chunk],
+                )
+            )
         return out
 
     def first_seq_at_or_after(self, ts: int) -> int:
