@@ -22,7 +22,8 @@ from habitus.errors import (
     IntegrityError,
     InvalidRequestError,
 )
-from habitus.ledger._ledger import Ledger, LedgerLimits
+from habitus.ledger._ledger import Ledger
+from habitus.ledger._prepare import LedgerLimits
 from habitus.ledger._signing import Signer
 from habitus.storage._sqlite import SQLiteStore
 

@@ -2,7 +2,7 @@
 
 from habitus.ledger._context import CausalContext, caused_by, current_context
 from habitus.ledger._kinds import KindSpec, MetaModel, all_kinds, get_kind
-from habitus.ledger._ledger import EventRef, Ledger
+from habitus.ledger._ledger import Ledger
 from habitus.ledger._merkle import verify_consistency, verify_inclusion
 from habitus.ledger._models import (
     Checkpoint,
@@ -18,6 +18,7 @@ from habitus.ledger._models import (
     Subgraph,
     VerifyReport,
 )
+from habitus.ledger._rows import EventRef
 from habitus.ledger._signing import check_checkpoint
 
 __all__ = [

@@ -6,6 +6,7 @@ import uuid
 from typing import Literal
 
 from habitus.ledger._models import Edge, Subgraph
+from habitus.ledger._rows import event_from_row
 from habitus.storage._abstract import LedgerStore, Row
 
 __all__ = ["walk"]
@@ -25,8 +26,6 @@ def walk(
     ledger is. The walk stops at ``depth`` hops or ``limit`` nodes, and says so
     with ``truncated``.
     """
-    from habitus.ledger._ledger import event_from_row
-
     found = store.rows_by_id([root])
     if not found:
         return None

@@ -4,41 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
-from habitus._ids import new_ids
 from habitus.errors import (
-    ContentTooLargeError,
     EventNotFoundError,
+    HabitatClosedError,
     HabitatError,
-    InvalidEventError,
-    InvalidMetaError,
     InvalidRequestError,
     ReadOnlyHabitatError,
-    UnknownCauseError,
     UnknownKindError,
 )
 from habitus.ledger import _core_kinds  # noqa: F401  (registers the core kinds)
-from habitus.ledger._codec import (
-    CTYPE_NAMES,
-    content_digest,
-    decode_content,
-    encode_content,
-    encode_meta,
-    from_micros,
-    leaf_hash,
-    to_micros,
-)
-from habitus.ledger._context import current_context
+from habitus.ledger._codec import from_micros, to_micros
 from habitus.ledger._graph import walk
 from habitus.ledger._kinds import all_kinds, get_kind
-from habitus.ledger._merkle import Frontier, consistency_proof, inclusion_proof
+from habitus.ledger._merkle import consistency_proof, inclusion_proof
 from habitus.ledger._models import (
     Checkpoint,
     ConsistencyProof,
@@ -49,125 +31,16 @@ from habitus.ledger._models import (
     Page,
     Subgraph,
     VerifyReport,
-    fast_event,
-    uuid_from_bytes,
 )
-from habitus.ledger._proofs import StoreNodes, rebuild_frontier
+from habitus.ledger._prepare import LedgerLimits, Preparer, load_head
+from habitus.ledger._proofs import StoreNodes
+from habitus.ledger._rows import CommittedEvents, EventRef, as_uuid, event_from_row
 from habitus.ledger._signing import Signer
 from habitus.ledger._verify import verify_store
 from habitus.ledger._writer import Batch, Sequencer, Writer
-from habitus.storage._abstract import CheckpointRow, EventQuery, LedgerStore, Row
+from habitus.storage._abstract import CheckpointRow, EventQuery, LedgerStore
 
-__all__ = ["CommittedEvents", "EventRef", "Ledger", "LedgerLimits"]
-
-EventRef = uuid.UUID | str | Event
-"""An event named by its id (UUID or string) or the event itself."""
-
-_ACTOR_RE = re.compile(r"^(system|(agent|human|source|service):[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127})$")
-_THREAD_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
-_RECENT_MAX = 200_000
-
-
-class LedgerLimits:
-    """Size limits applied to every append (from the habitat's settings)."""
-
-    __slots__ = ("checkpoint_every", "max_content_bytes", "max_meta_bytes")
-
-    def __init__(self, *, max_content_bytes: int, max_meta_bytes: int, checkpoint_every: int) -> None:
-        self.max_content_bytes = max_content_bytes
-        self.max_meta_bytes = max_meta_bytes
-        self.checkpoint_every = checkpoint_every
-
-
-def as_uuid(ref: EventRef) -> uuid.UUID:
-    """Normalise an event reference to its UUID, or raise :class:`InvalidRequestError`."""
-    if isinstance(ref, Event):
-        return ref.id
-    if isinstance(ref, uuid.UUID):
-        return ref
-    try:
-        return uuid.UUID(ref)
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidRequestError(f"{ref!r} is not an event id (expected a UUID such as an event's 'id')") from None
-
-
-def event_from_row(row: Row) -> Event:
-    """Build the public model from a stored row."""
-    seq, id_, ts, at, actor, kind, thread, meta, causes, ctype, digest, _leaf, salt, body = row
-    cause_ids = tuple(uuid_from_bytes(causes[i : i + 16]) for i in range(0, len(causes), 16)) if causes else ()
-    erased = ctype is not None and salt is None
-    content = decode_content(ctype, body) if ctype is not None and body is not None else None
-    return fast_event(
-        {
-            "id": uuid_from_bytes(id_),
-            "seq": seq,
-            "ts": from_micros(ts),
-            "at": None if at is None else from_micros(at),
-            "actor": actor,
-            "kind": kind,
-            "causes": cause_ids,
-            "thread": thread,
-            "meta": _loads_meta(meta),
-            "content": content,
-            "content_type": CTYPE_NAMES.get(ctype) if ctype is not None else None,
-            "digest": digest.hex() if digest is not None else None,
-            "erased": erased,
-        }
-    )
-
-
-_VALID_ACTORS: set[str] = set()
-_VALID_THREADS: set[str] = set()
-# Strings already checked (bounded), so hot appenders skip the regex.
-
-
-def _valid(pattern: re.Pattern[str], text: str, seen: set[str]) -> bool:
-    if not pattern.match(text):
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    if len(seen) < 100_000:
-        seen.add(text)
-    return True
-
-
-def _loads_meta(meta: str) -> dict[str, Any]:
-    if meta == "{}":
-        return {}
-    import json
-
-    value: dict[str, Any] = json.loads(meta)
-    return value
-
-
-class CommittedEvents(Sequence[Event]):
-    """The events of one append, built from their rows on first access."""
-
-    __slots__ = ("_built", "_rows")
-
-    def __init__(self, rows: list[Row]) -> None:
-        self._rows = rows
-        self._built: list[Event | None] = [None] * len(rows)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @overload
-    def __getitem__(self, index: int) -> Event: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Event]: ...
-    def __getitem__(self, index: int | slice) -> Event | list[Event]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self._rows)))]
-        event = self._built[index]
-        if event is None:
-            event = self._built[index] = event_from_row(self._rows[index])
-        return event
-
-    def __repr__(self) -> str:
-        return f"CommittedEvents({len(self._rows)} events)"
+__all__ = ["Ledger"]
 
 
 class Ledger:
@@ -186,35 +59,25 @@ class Ledger:
         limits: LedgerLimits,
     ) -> None:
         self._store = store
-        self._signer = signer
         self._public_key = public_key
-        self._limits = limits
+        self._prep = Preparer(store, signer=signer, limits=limits)
         self._writer: Writer | None = None
-        self._seq = Sequencer(0, 0, Frontier(), 0)
-        self._recent: dict[bytes, int] = {}
         self._committed: asyncio.Future[None] | None = None
 
     async def _start(self) -> None:
         """Load the tree head and start the writer (read-only ledgers start no writer)."""
-        size, last_ts, frontier, last_cp = await asyncio.to_thread(self._load_head)
-        self._seq = Sequencer(size, last_ts, frontier, last_cp)
+        size, last_ts, frontier, last_cp = await asyncio.to_thread(load_head, self._store)
+        self._prep.sequencer = sequencer = Sequencer(size, last_ts, frontier, last_cp)
         if not self._store.read_only:
-            self._writer = Writer(self._store, self._seq, loop=asyncio.get_running_loop(), on_commit=self._on_commit)
-
-    def _load_head(self) -> tuple[int, int, Frontier, int]:
-        size = self._store.size()
-        last_ts = self._store.rows_by_seq([size])[0][2] if size else 0
-        # A reader needs no frontier; only a writer extends the tree.
-        frontier = Frontier() if self._store.read_only else rebuild_frontier(self._store, size)
-        checkpoints = self._store.checkpoints()
-        return size, last_ts, frontier, checkpoints[-1][0] if checkpoints else 0
+            self._writer = Writer(self._store, sequencer, loop=asyncio.get_running_loop(), on_commit=self._on_commit)
 
     async def _close(self) -> None:
         """Sign a final checkpoint if the tree grew since the last one, then stop the writer."""
         if self._writer is None:
             return
-        with self._seq.lock:
-            grew = self._seq.next_seq - 1 > self._seq.last_checkpoint
+        sequencer = self._prep.sequencer
+        with sequencer.lock:
+            grew = sequencer.next_seq - 1 > sequencer.last_checkpoint
         if grew:
             with contextlib.suppress(HabitatError):
                 await self.checkpoint()
@@ -255,7 +118,15 @@ class Ledger:
             UnknownCauseError, ContentTooLargeError: The event is malformed;
                 nothing was written.
         """
-        draft = _draft(kind, actor, content, meta, causes, thread, at)
+        draft = Draft.model_construct(
+            kind=kind,
+            actor=actor,
+            content=content,
+            meta=meta or {},
+            causes=tuple(as_uuid(c) for c in causes),
+            thread=thread,
+            at=at,
+        )
         return (await self.append_many([draft]))[0]
 
     async def append_many(self, drafts: Iterable[Draft]) -> Sequence[Event]:
@@ -270,9 +141,9 @@ class Ledger:
         items = list(drafts)
         if not items:
             return CommittedEvents([])
-        checked = [self._check(i, d) for i, d in enumerate(items)]
-        known = await self._check_causes(checked)
-        batch, events = self._seal(checked, known)
+        checked = [self._prep.check(i, d) for i, d in enumerate(items)]
+        known = await self._prep.check_causes(checked)
+        batch, events = self._prep.seal(checked, known)
         future = batch.future
         writer.submit(batch)
         await future
@@ -282,167 +153,23 @@ class Ledger:
         if self._writer is None:
             if self._store.read_only:
                 raise ReadOnlyHabitatError("this habitat was opened read-only; open it without read_only to write")
-            from habitus.errors import HabitatClosedError
-
             raise HabitatClosedError("the habitat is closed; open it again to write")
         return self._writer
-
-    def _check(self, index: int, draft: Draft) -> tuple[Any, ...]:
-        where = f"event {index}" if index else "the event"
-        spec = get_kind(draft.kind)
-        actor = draft.actor
-        if not (isinstance(actor, str) and (actor in _VALID_ACTORS or _valid(_ACTOR_RE, actor, _VALID_ACTORS))):
-            raise InvalidEventError(
-                f"{where}: actor {draft.actor!r} is not a principal; use 'agent:<id>', 'human:<id>', "
-                "'source:<id>', 'service:<id>' or 'system'"
-            )
-        if not isinstance(draft.meta, dict):
-            raise InvalidMetaError(f"{where}: meta must be a JSON object (a dict), not {type(draft.meta).__name__}")
-        try:
-            meta = encode_meta(spec.validate_meta(draft.meta))
-            meta_size = len(meta) if meta.isascii() else len(meta.encode("utf-8"))
-        except (TypeError, ValueError) as exc:
-            raise InvalidMetaError(f"{where}: meta cannot be stored as JSON: {exc}") from None
-        if meta_size > self._limits.max_meta_bytes:
-            raise ContentTooLargeError(
-                f"{where}: meta is {meta_size} bytes, over the limit of {self._limits.max_meta_bytes}"
-            )
-        try:
-            encoded = encode_content(draft.content)
-        except (TypeError, ValueError) as exc:
-            raise InvalidEventError(f"{where}: {exc}") from None
-        if encoded is None and spec.content == "required":
-            raise InvalidEventError(f"{where}: kind {draft.kind!r} requires content")
-        if encoded is not None and spec.content == "none":
-            raise InvalidEventError(f"{where}: kind {draft.kind!r} takes no content")
-        if encoded is not None and len(encoded[1]) > self._limits.max_content_bytes:
-            raise ContentTooLargeError(
-                f"{where}: content is {len(encoded[1])} bytes, over the limit of {self._limits.max_content_bytes} "
-                "(set max_content_bytes in habitus.toml to change it)"
-            )
-        context = current_context()
-        thread = draft.thread if draft.thread is not None else context.thread
-        if thread is not None and not (
-            isinstance(thread, str) and (thread in _VALID_THREADS or _valid(_THREAD_RE, thread, _VALID_THREADS))
-        ):
-            raise InvalidEventError(f"{where}: thread {thread!r} must be 1-256 printable characters")
-        at = None
-        if draft.at is not None:
-            if not isinstance(draft.at, datetime):
-                raise InvalidEventError(f"{where}: world time must be a datetime, not {draft.at!r}")
-            if draft.at.tzinfo is None:
-                raise InvalidEventError(f"{where}: world time {draft.at!r} must be timezone-aware")
-            at = to_micros(draft.at)
-        if not context.causes:
-            causes = draft.causes
-            if len(causes) > 1 and len(set(causes)) != len(causes):
-                causes = tuple(dict.fromkeys(causes))
-        else:
-            causes = tuple(dict.fromkeys((*context.causes, *draft.causes)))
-        if len(causes) > 1000:
-            raise InvalidEventError(f"{where}: {len(causes)} causes is over the limit of 1000")
-        return (draft, spec, meta, encoded, thread, at, causes)
-
-    async def _check_causes(self, checked: list[tuple[Any, ...]]) -> dict[bytes, int]:
-        wanted = {c.bytes for item in checked for c in item[6]}
-        known = {c: s for c in wanted if (s := self._recent.get(c)) is not None}
-        missing = [c for c in wanted if c not in known]
-        if missing:
-            found = await asyncio.to_thread(self._store.seqs_of_ids, missing)
-            for id_, seq in found.items():
-                self._remember(id_, seq)
-                known[id_] = seq
-            absent = [c for c in missing if c not in found]
-            if absent:
-                names = ", ".join(repr(str(uuid.UUID(bytes=c))) for c in absent[:5])
-                raise UnknownCauseError(f"cause {names} is not an event in this ledger; nothing was written")
-        return known
-
-    def _remember(self, id_: bytes, seq: int) -> None:
-        if len(self._recent) >= _RECENT_MAX:
-            self._recent.clear()
-        self._recent[id_] = seq
-
-    def _seal(
-        self,
-        checked: list[tuple[Any, ...]],
-        known: dict[bytes, int],
-        *,
-        erase: list[int] | None = None,
-        checkpoint: bool = False,
-    ) -> tuple[Batch, CommittedEvents]:
-        """Give prepared drafts their ids, seqs, times, leaves and Merkle nodes.
-
-        Runs without awaiting, so batches are sealed in the order they will be
-        committed; the sequencer's lock only guards against a concurrent reset
-        by the writer after a failed write.
-        """
-        n = len(checked)
-        ids = new_ids(n)
-        salts = os.urandom(16 * n)
-        rows: list[Row] = []
-        edges: list[tuple[int, int]] = []
-        nodes: list[tuple[int, int, bytes]] = []
-        signed: CheckpointRow | None = None
-        seqr = self._seq
-        with seqr.lock:
-            frontier = seqr.frontier
-            if frontier is None:  # a write failed: start again from what is committed
-                _, _, frontier, seqr.last_checkpoint = self._load_head()
-                seqr.frontier = frontier
-            first = seqr.next_seq
-            seqr.next_seq = first + n
-            ts = max(time.time_ns() // 1000, seqr.last_ts)
-            seqr.last_ts = ts
-            generation = seqr.generation
-            append = frontier.append
-            for i, (draft, _spec, meta, encoded, thread, at, causes) in enumerate(checked):
-                seq = first + i
-                id_ = ids[i]
-                causes_b = b"".join(c.bytes for c in causes) if causes else None
-                if encoded is None:
-                    ctype = digest = salt = body = None
-                else:
-                    ctype, body = encoded
-                    salt = salts[16 * i : 16 * i + 16]
-                    digest = content_digest(salt, ctype, body)
-                leaf = leaf_hash(id_, ts, at, draft.actor, draft.kind, thread, meta, causes_b, ctype, digest)
-                append(leaf, nodes)
-                rows.append(
-                    (seq, id_, ts, at, draft.actor, draft.kind, thread, meta, causes_b, ctype, digest, leaf, salt, body)
-                )
-                for c in causes:
-                    edges.append((known[c.bytes], seq))
-            size = frontier.size
-            if size and (checkpoint or size - seqr.last_checkpoint >= self._limits.checkpoint_every):
-                assert self._signer is not None
-                root = frontier.root()
-                signed = (size, root, ts, self._signer.sign(size, root, from_micros(ts)))
-                seqr.last_checkpoint = size
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Erasures, and checkpoints asked for by name, also rewrite the WAL away (see erase()).
-        batch = Batch(generation, rows, edges, nodes, future, signed, erase or [], scrub=bool(erase) or checkpoint)
-        return batch, CommittedEvents(rows)
 
     def _on_commit(self, batches: list[Batch]) -> None:
         for batch in batches:
             for row in batch.rows:
-                self._remember(row[1], row[0])
-            for seq in batch.erase:
-                self._forget_content(seq)
+                self._prep.remember(row[1], row[0])
         if self._committed is not None and not self._committed.done():
             self._committed.set_result(None)
         self._committed = None
-
-    def _forget_content(self, seq: int) -> None:
-        """Nothing in memory holds content beyond the call that appended it; kept as the hook."""
 
     # -- reading --------------------------------------------------------------------------
 
     @property
     def size(self) -> int:
         """Number of events committed or being committed by this process."""
-        return self._seq.next_seq - 1
+        return self._prep.sequencer.next_seq - 1
 
     async def get(self, ref: EventRef) -> Event:
         """Return the event with this id.
@@ -591,9 +318,9 @@ class Ledger:
             meta={"target": str(target.id), "target_seq": target.seq, "reason": reason},
             causes=(target.id,),
         )
-        checked = [self._check(0, draft)]
-        known = await self._check_causes(checked)
-        batch, events = self._seal(checked, known, erase=[target.seq])
+        checked = [self._prep.check(0, draft)]
+        known = await self._prep.check_causes(checked)
+        batch, events = self._prep.seal(checked, known, erase=[target.seq])
         writer.submit(batch)
         await batch.future
         return Erasure(target=target.id, event=events[0], scrubbed=batch.scrubbed)
@@ -601,7 +328,7 @@ class Ledger:
     async def checkpoint(self) -> Checkpoint:
         """Sign a checkpoint of the tree as it stands, and store it."""
         writer = self._require_writer()
-        batch, _ = self._seal([], {}, checkpoint=True)
+        batch, _ = self._prep.seal([], {}, checkpoint=True)
         if batch.checkpoint is None:
             raise InvalidRequestError("the ledger is empty; there is nothing to checkpoint")
         writer.submit(batch)
@@ -686,34 +413,3 @@ class Ledger:
                 habitat's own (pass one obtained out of band to trust nothing stored).
         """
         return await asyncio.to_thread(verify_store, self._store, public_key or self._public_key)
-
-
-def _draft(
-    kind: str,
-    actor: str,
-    content: Any,
-    meta: dict[str, Any] | None,
-    causes: Iterable[EventRef],
-    thread: str | None,
-    at: datetime | None,
-) -> Draft:
-    cause_ids = tuple(as_uuid(c) for c in causes)
-    return Draft.model_construct(
-        kind=kind, actor=actor, content=content, meta=meta or {}, causes=cause_ids, thread=thread, at=at
-    )
-
-
-def drafts_from(items: Sequence[Draft | dict[str, Any]]) -> list[Draft]:
-    """Accept drafts or plain mappings (validated into drafts)."""
-    from pydantic import ValidationError
-
-    out: list[Draft] = []
-    for i, item in enumerate(items):
-        if isinstance(item, Draft):
-            out.append(item)
-            continue
-        try:
-            out.append(Draft.model_validate(item))
-        except ValidationError as exc:
-            raise InvalidEventError(f"event {i} is malformed: {exc.errors()[0]['msg']}") from None
-    return out
