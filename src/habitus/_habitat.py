@@ -228,6 +228,7 @@ def _limits(settings: Settings) -> LedgerLimits:
         max_content_bytes=settings.max_content_bytes,
         max_meta_bytes=settings.max_meta_bytes,
         checkpoint_every=settings.checkpoint_every,
+        inline_commits=settings.durability != "full",
     )
 
 

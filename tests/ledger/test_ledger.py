@@ -420,3 +420,13 @@ async def test_world_time_in_another_zone_is_the_same_instant(habitat: Habitat) 
     event = await habitat.ledger.append("note.recorded", actor="human:a", content="x", at=local)
     stored = await habitat.ledger.get(event.id)
     assert stored.at == local and stored.at == datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+
+
+async def test_full_durability_commits_through_the_writer_thread(tmp_path: Path) -> None:
+    settings = Settings.resolve(config_file=None, environ={}, path=tmp_path / "h", durability="full")
+    async with await Habitat.init(settings.path, settings=settings) as hab:
+        singles = [await hab.ledger.append("note.recorded", actor="human:a", content=str(i)) for i in range(20)]
+        batch = await hab.ledger.append_many([Draft(kind="note.recorded", actor="human:a", content="b")] * 40)
+        assert [e.seq for e in singles] == list(range(2, 22))
+        assert batch[-1].seq == 61
+        assert (await hab.ledger.verify()).ok

@@ -60,6 +60,7 @@ class Ledger:
     ) -> None:
         self._store = store
         self._public_key = public_key
+        self._limits = limits
         self._prep = Preparer(store, signer=signer, limits=limits)
         self._writer: Writer | None = None
         self._committed: asyncio.Future[None] | None = None
@@ -69,7 +70,13 @@ class Ledger:
         size, last_ts, frontier, last_cp = await asyncio.to_thread(load_head, self._store)
         self._prep.sequencer = sequencer = Sequencer(size, last_ts, frontier, last_cp)
         if not self._store.read_only:
-            self._writer = Writer(self._store, sequencer, loop=asyncio.get_running_loop(), on_commit=self._on_commit)
+            self._writer = Writer(
+                self._store,
+                sequencer,
+                loop=asyncio.get_running_loop(),
+                on_commit=self._on_commit,
+                inline=self._limits.inline_commits,
+            )
 
     async def _close(self) -> None:
         """Sign a final checkpoint if the tree grew since the last one, then stop the writer."""

@@ -41,14 +41,21 @@ _RECENT_MAX = 200_000
 
 
 class LedgerLimits:
-    """Size limits applied to every append (from the habitat's settings)."""
+    """Limits and write policy applied to every append (from the habitat's settings).
 
-    __slots__ = ("checkpoint_every", "max_content_bytes", "max_meta_bytes")
+    ``inline_commits`` lets a lone small append commit on the event loop when the
+    writer is idle; it is off when every commit waits for an fsync.
+    """
 
-    def __init__(self, *, max_content_bytes: int, max_meta_bytes: int, checkpoint_every: int) -> None:
+    __slots__ = ("checkpoint_every", "inline_commits", "max_content_bytes", "max_meta_bytes")
+
+    def __init__(
+        self, *, max_content_bytes: int, max_meta_bytes: int, checkpoint_every: int, inline_commits: bool = True
+    ) -> None:
         self.max_content_bytes = max_content_bytes
         self.max_meta_bytes = max_meta_bytes
         self.checkpoint_every = checkpoint_every
+        self.inline_commits = inline_commits
 
 
 _VALID_ACTORS: set[str] = set()

@@ -24,10 +24,16 @@ from habitus.errors import HabitatClosedError, StorageError
 from habitus.ledger._merkle import Frontier
 from habitus.storage._abstract import CheckpointRow, LedgerStore, Row, WriteBatch
 
-__all__ = ["GROUP_EVENTS", "Batch", "Sequencer", "Writer"]
+__all__ = ["GROUP_EVENTS", "INLINE_EVENTS", "INLINE_GROUP", "Batch", "Sequencer", "Writer"]
 
 GROUP_EVENTS = 2048
 """Most events one group commit takes (a single larger batch is still one commit)."""
+
+INLINE_EVENTS = 16
+"""Largest batch that may be committed on the event loop instead of the writer thread."""
+
+INLINE_GROUP = 256
+"""Most events committed at once on the event loop; a larger group goes to the writer thread."""
 
 
 class Sequencer:
@@ -72,6 +78,7 @@ class Writer:
         *,
         loop: asyncio.AbstractEventLoop,
         on_commit: Callable[[list[Batch]], None],
+        inline: bool = True,
     ) -> None:
         self._store = store
         self._seq = sequencer
@@ -80,16 +87,53 @@ class Writer:
         self._queue: list[Batch] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self._writing = False  # a group is being written (by the thread or inline on the loop)
+        self._flush_pending = False
+        self._inline = inline
         self._thread = threading.Thread(target=self._run, name="habitus-writer", daemon=True)
         self._thread.start()
 
     def submit(self, batch: Batch) -> None:
-        """Queue a prepared batch; its future resolves after its commit."""
+        """Queue a prepared batch; its future resolves after its commit.
+
+        Small batches are not handed to the writer thread at once: a callback at
+        the end of this loop iteration commits everything queued by then, on the
+        loop itself, when the writer is idle and the group is small. A lone
+        append then skips two thread hops (about 60 of its 125 µs), and appenders
+        that run in the same iteration still share one commit. Larger batches go
+        straight to the writer thread, which overlaps writing with the loop.
+        """
         with self._cond:
             if self._stopping:
                 raise HabitatClosedError("the ledger is closed; open the habitat again to write")
             self._queue.append(batch)
-            self._cond.notify()
+            if not (self._inline and not batch.scrub and len(batch.rows) <= INLINE_EVENTS):
+                self._cond.notify()
+                return
+            if self._flush_pending:
+                return
+            self._flush_pending = True
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Commit what is queued on the loop thread if the writer is idle and the group small."""
+        with self._cond:
+            self._flush_pending = False
+            if not self._queue:
+                return
+            small = sum(len(b.rows) for b in self._queue) <= INLINE_GROUP and not any(b.scrub for b in self._queue)
+            if self._writing or self._stopping or not small:
+                self._cond.notify()
+                return
+            group = self._take()
+            self._writing = True
+        try:
+            self._commit(group, inline=True)
+        finally:
+            with self._cond:
+                self._writing = False
+                if self._queue or self._stopping:
+                    self._cond.notify()
 
     def stop(self) -> None:
         """Commit what is queued and end the thread."""
@@ -101,13 +145,19 @@ class Writer:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while self._writing or (not self._queue and not self._stopping):
                     self._cond.wait()
                 group = self._take()
                 done = self._stopping and not group
+                self._writing = bool(group)
             if done:
                 return
-            self._commit(group)
+            try:
+                self._commit(group)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
 
     def _take(self) -> list[Batch]:
         """Take queued batches up to :data:`GROUP_EVENTS` events (at least one batch).
@@ -126,21 +176,26 @@ class Writer:
         del self._queue[:count]
         return group
 
-    def _fail(self, batches: list[Batch], error: BaseException) -> None:
+    def _fail(self, batches: list[Batch], error: BaseException, *, inline: bool = False) -> None:
         def fail() -> None:
             for batch in batches:
                 if not batch.future.done():
                     batch.future.set_exception(error)
 
-        self._loop.call_soon_threadsafe(fail)
+        if inline:
+            fail()
+        else:
+            self._loop.call_soon_threadsafe(fail)
 
-    def _commit(self, group: list[Batch]) -> None:
+    def _commit(self, group: list[Batch], *, inline: bool = False) -> None:
         with self._seq.lock:
             generation = self._seq.generation
         stale = [b for b in group if b.generation != generation]
         live = [b for b in group if b.generation == generation]
         if stale:
-            self._fail(stale, StorageError("an earlier write failed, so this append was not kept; retry it"))
+            self._fail(
+                stale, StorageError("an earlier write failed, so this append was not kept; retry it"), inline=inline
+            )
         if not live:
             return
         rows: list[Row] = []
@@ -162,7 +217,7 @@ class Writer:
                 self._seq.next_seq = self._seq.committed + 1
                 self._seq.frontier = None  # rebuilt from the store before the next append
             error = exc if isinstance(exc, StorageError) else StorageError(f"writing the ledger failed: {exc!r}")
-            self._fail(live, error)
+            self._fail(live, error, inline=inline)
             return
         if rows:
             with self._seq.lock:
@@ -173,7 +228,10 @@ class Writer:
                     batch.scrubbed = self._store.scrub()
                 except StorageError:
                     batch.scrubbed = False
-        self._loop.call_soon_threadsafe(self._resolve, live)
+        if inline:
+            self._resolve(live)
+        else:
+            self._loop.call_soon_threadsafe(self._resolve, live)
 
     def _resolve(self, batches: list[Batch]) -> None:
         for batch in batches:
