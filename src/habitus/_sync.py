@@ -8,6 +8,7 @@ and the CLI; use :class:`habitus.Habitat` from async code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -20,6 +21,7 @@ from habitus._habitat import Habitat
 from habitus._settings import Settings
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._models import Event
+from habitus.ledger._transaction import Transaction
 
 __all__ = ["SyncHabitat", "SyncLedger"]
 
@@ -84,6 +86,18 @@ class SyncLedger:
     def public_key(self) -> str:
         """Hex Ed25519 public key that signs this ledger's checkpoints."""
         return self._target.public_key
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Blocking twin of :meth:`Ledger.transaction`: commits when the block ends without error."""
+        manager = self._target.transaction()
+        tx = self._portal.call(manager.__aenter__())
+        try:
+            yield tx
+        except BaseException as exc:
+            self._portal.call(manager.__aexit__(type(exc), exc, exc.__traceback__))
+            raise
+        self._portal.call(manager.__aexit__(None, None, None))
 
     def tail(self, *, after: int | None = None, poll_interval: float = 0.25) -> Iterator[Event]:
         """Blocking iterator over events as they commit (see :meth:`Ledger.tail`)."""

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from habitus import Draft, Habitat, Settings, caused_by, check_checkpoint, verify_consistency, verify_inclusion
+from habitus import (
+    Draft,
+    Habitat,
+    Settings,
+    SyncHabitat,
+    caused_by,
+    check_checkpoint,
+    verify_consistency,
+    verify_inclusion,
+)
 from habitus.errors import (
     ContentTooLargeError,
     EventNotFoundError,
@@ -430,3 +439,59 @@ async def test_full_durability_commits_through_the_writer_thread(tmp_path: Path)
         assert [e.seq for e in singles] == list(range(2, 22))
         assert batch[-1].seq == 61
         assert (await hab.ledger.verify()).ok
+
+
+# -- transactions -----------------------------------------------------------------------------
+
+
+async def test_a_transaction_commits_its_events_together_with_internal_causes(habitat: Habitat) -> None:
+    ledger = habitat.ledger
+    outside = await ledger.append("message.sent", actor="human:ada", content="go", meta={"to": "agent:s"})
+    async with ledger.transaction() as tx:
+        seen = tx.append("observation.recorded", actor="agent:s", content="hot", causes=[outside])
+        act = tx.append("decision.made", actor="agent:s", meta={"action": "vent"}, causes=[seen])
+        assert tx.staged == 2
+        assert await ledger.count() == 2  # nothing is written before the block ends
+    first, second = tx.events
+    assert (first.id, second.id) == (seen, act)
+    assert second.seq == first.seq + 1 == outside.seq + 2
+    assert second.causes == (seen,)
+    trail = await ledger.why(act)
+    assert [o.id for o in trail.origins()] == [outside.id]
+    assert (await ledger.effects(outside)).nodes[-1].id == act
+    assert (await ledger.verify()).ok
+
+
+async def test_a_failed_transaction_writes_nothing(habitat: Habitat) -> None:
+    ledger = habitat.ledger
+    before = await ledger.count()
+    with pytest.raises(RuntimeError, match="handler failed"):
+        async with ledger.transaction() as tx:
+            tx.append("note.recorded", actor="agent:s", content="half done")
+            raise RuntimeError("handler failed")
+    with pytest.raises(UnknownCauseError):
+        async with ledger.transaction() as tx:
+            tx.append("note.recorded", actor="agent:s", content="a")
+            tx.append("note.recorded", actor="agent:s", content="b", causes=[uuid.UUID(int=9)])
+    async with ledger.transaction() as tx:
+        with pytest.raises(InvalidEventError):
+            tx.append("note.recorded", actor="nobody", content="bad")
+        tx.append("note.recorded", actor="agent:s", content="good")
+    assert [e.content for e in tx.events] == ["good"]
+    assert await ledger.count() == before + 1
+    with pytest.raises(InvalidRequestError, match="has committed"):
+        tx.append("note.recorded", actor="agent:s", content="late")
+    async with ledger.transaction() as empty:
+        pass
+    assert list(empty.events) == []
+
+
+def test_transactions_from_the_sync_facade(sync_habitat: SyncHabitat) -> None:
+    with sync_habitat.ledger.transaction() as tx:
+        a = tx.append("note.recorded", actor="agent:s", content="a")
+        tx.append("note.recorded", actor="agent:s", content="b", causes=[a])
+    assert [e.content for e in tx.events] == ["a", "b"]
+    with pytest.raises(ZeroDivisionError), sync_habitat.ledger.transaction() as failed:
+        failed.append("note.recorded", actor="agent:s", content="never")
+        _ = 1 / 0
+    assert sync_habitat.ledger.count() == 3

@@ -20,6 +20,7 @@ from habitus.ledger._models import (
 )
 from habitus.ledger._rows import EventRef
 from habitus.ledger._signing import check_checkpoint
+from habitus.ledger._transaction import Transaction
 
 __all__ = [
     "CausalContext",
@@ -38,6 +39,7 @@ __all__ = [
     "Page",
     "Problem",
     "Subgraph",
+    "Transaction",
     "VerifyReport",
     "all_kinds",
     "caused_by",

@@ -36,6 +36,7 @@ from habitus.ledger._prepare import LedgerLimits, Preparer, load_head
 from habitus.ledger._proofs import StoreNodes
 from habitus.ledger._rows import CommittedEvents, EventRef, as_uuid, event_from_row
 from habitus.ledger._signing import Signer
+from habitus.ledger._transaction import Transaction
 from habitus.ledger._verify import verify_store
 from habitus.ledger._writer import Batch, Sequencer, Writer
 from habitus.storage._abstract import CheckpointRow, EventQuery, LedgerStore
@@ -155,6 +156,33 @@ class Ledger:
         writer.submit(batch)
         await future
         return events
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Stage events and commit them together, all or nothing, when the block ends.
+
+        Example:
+            >>> async with ledger.transaction() as tx:  # doctest: +SKIP
+            ...     seen = tx.append("observation.recorded", actor="agent:scout", content="31 °C")
+            ...     tx.append("decision.made", actor="agent:scout", meta={"action": "vent"}, causes=[seen])
+            >>> tx.events[1].causes == (seen,)  # doctest: +SKIP
+
+        If the block raises, or a cause names an event that does not exist,
+        nothing is written. Events staged later may cite earlier ones by the id
+        :meth:`Transaction.append` returned.
+        """
+        writer = self._require_writer()
+        tx = Transaction(self._prep)
+        yield tx
+        checked, ids, staged = tx._parts()
+        if not checked:
+            tx._done(CommittedEvents([]))
+            return
+        known = await self._prep.check_causes(checked, staged)
+        batch, events = self._prep.seal(checked, known, ids=ids)
+        writer.submit(batch)
+        await batch.future
+        tx._done(events)
 
     def _require_writer(self) -> Writer:
         if self._writer is None:

@@ -12,6 +12,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -151,8 +152,13 @@ class Preparer:
             raise InvalidEventError(f"{where}: {len(causes)} causes is over the limit of 1000")
         return (draft, spec, meta, encoded, thread, at, causes)
 
-    async def check_causes(self, checked: list[tuple[Any, ...]]) -> dict[bytes, int]:
-        wanted = {c.bytes for item in checked for c in item[6]}
+    async def check_causes(self, checked: list[tuple[Any, ...]], staged: Collection[bytes] = ()) -> dict[bytes, int]:
+        """Map every cause to its seq, or raise :class:`UnknownCauseError`.
+
+        ``staged`` are ids of earlier events of the same transaction: they are
+        not in the store yet, and :meth:`seal` gives them their seqs.
+        """
+        wanted = {c.bytes for item in checked for c in item[6]}.difference(staged)
         known = {c: s for c in wanted if (s := self._recent.get(c)) is not None}
         missing = [c for c in wanted if c not in known]
         if missing:
@@ -178,6 +184,7 @@ class Preparer:
         *,
         erase: list[int] | None = None,
         checkpoint: bool = False,
+        ids: list[bytes] | None = None,
     ) -> tuple[Batch, CommittedEvents]:
         """Give prepared drafts their ids, seqs, times, leaves and Merkle nodes.
 
@@ -186,7 +193,11 @@ class Preparer:
         by the writer after a failed write.
         """
         n = len(checked)
-        ids = new_ids(n)
+        if ids is None:
+            ids = new_ids(n)
+            position: dict[bytes, int] = {}
+        else:  # a transaction's ids, given when staged; its events may cite earlier ones
+            position = {id_: i for i, id_ in enumerate(ids)}
         salts = os.urandom(16 * n)
         rows: list[Row] = []
         edges: list[tuple[int, int]] = []
@@ -220,7 +231,8 @@ class Preparer:
                     (seq, id_, ts, at, draft.actor, draft.kind, thread, meta, causes_b, ctype, digest, leaf, salt, body)
                 )
                 for c in causes:
-                    edges.append((known[c.bytes], seq))
+                    cause_seq = known.get(c.bytes)
+                    edges.append((first + position[c.bytes] if cause_seq is None else cause_seq, seq))
             size = frontier.size
             if size and (checkpoint or size - seqr.last_checkpoint >= self._limits.checkpoint_every):
                 assert self._signer is not None

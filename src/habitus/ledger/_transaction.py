@@ -1,0 +1,86 @@
+"""Transactions: events staged one by one and committed together, all or nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from habitus._ids import new_ids
+from habitus.errors import InvalidRequestError
+from habitus.ledger._models import Draft, Event
+from habitus.ledger._prepare import Preparer
+from habitus.ledger._rows import EventRef, as_uuid
+
+__all__ = ["Transaction"]
+
+
+class Transaction:
+    """Events staged to be committed together (see :meth:`habitus.Ledger.transaction`).
+
+    Each :meth:`append` checks its event at once (a bad event raises where it
+    is written) and returns the id the event will have, so later events of the
+    same transaction can cite it as a cause. Nothing is written until the
+    transaction commits; then every staged event is, in order, in one commit.
+    """
+
+    def __init__(self, prep: Preparer) -> None:
+        self._prep = prep
+        self._checked: list[tuple[Any, ...]] = []
+        self._ids: list[bytes] = []
+        self._staged: set[bytes] = set()
+        self._events: Sequence[Event] | None = None
+
+    def append(
+        self,
+        kind: str,
+        *,
+        actor: str,
+        content: Any = None,
+        meta: dict[str, Any] | None = None,
+        causes: Iterable[EventRef] = (),
+        thread: str | None = None,
+        at: datetime | None = None,
+    ) -> uuid.UUID:
+        """Stage one event (same arguments as :meth:`habitus.Ledger.append`); return its future id.
+
+        Raises:
+            InvalidRequestError: The event is malformed, or the transaction has
+                already committed. Nothing is staged.
+        """
+        if self._events is not None:
+            raise InvalidRequestError("this transaction has committed; start a new one to append more")
+        draft = Draft.model_construct(
+            kind=kind,
+            actor=actor,
+            content=content,
+            meta=meta or {},
+            causes=tuple(as_uuid(c) for c in causes),
+            thread=thread,
+            at=at,
+        )
+        checked = self._prep.check(len(self._checked), draft)
+        (id_,) = new_ids(1)
+        self._checked.append(checked)
+        self._ids.append(id_)
+        self._staged.add(id_)
+        return uuid.UUID(bytes=id_)
+
+    @property
+    def staged(self) -> int:
+        """Number of events staged so far."""
+        return len(self._checked)
+
+    @property
+    def events(self) -> Sequence[Event]:
+        """The committed events, in order (only after the transaction committed)."""
+        if self._events is None:
+            raise InvalidRequestError("the transaction has not committed yet")
+        return self._events
+
+    def _parts(self) -> tuple[list[tuple[Any, ...]], list[bytes], set[bytes]]:
+        return self._checked, self._ids, self._staged
+
+    def _done(self, events: Sequence[Event]) -> None:
+        self._events = events
