@@ -7,6 +7,7 @@ from habitus._habitat import Habitat
 from habitus._settings import Settings
 from habitus._sync import SyncHabitat, SyncLedger
 from habitus._version import __version__
+from habitus.agents import Agent, AgentContext, AgentInfo, App, Message, handles
 from habitus.errors import HabitatError
 from habitus.ledger import (
     Checkpoint,
@@ -29,6 +30,10 @@ from habitus.ledger import (
 )
 
 __all__ = [
+    "Agent",
+    "AgentContext",
+    "AgentInfo",
+    "App",
     "Checkpoint",
     "ConsistencyProof",
     "Draft",
@@ -39,6 +44,7 @@ __all__ = [
     "HabitatError",
     "InclusionProof",
     "Ledger",
+    "Message",
     "Page",
     "Problem",
     "Settings",
@@ -50,6 +56,7 @@ __all__ = [
     "__version__",
     "caused_by",
     "check_checkpoint",
+    "handles",
     "verify_consistency",
     "verify_inclusion",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -15,16 +16,21 @@ from typing import IO, Any
 
 from habitus._settings import Settings
 from habitus._version import __version__
+from habitus.agents._behaviour import App
+from habitus.agents._registry import Agents
+from habitus.agents._runtime import Runtime, RuntimeOptions
 from habitus.errors import (
     HabitatExistsError,
     HabitatLockedError,
     HabitatNotFoundError,
     IntegrityError,
     InvalidRequestError,
+    ReadOnlyHabitatError,
 )
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._prepare import LedgerLimits
 from habitus.ledger._signing import Signer
+from habitus.messaging._messenger import Messenger
 from habitus.storage._sqlite import SQLiteStore
 
 __all__ = ["Habitat", "HabitatInfo"]
@@ -77,13 +83,25 @@ class Habitat:
         ...     event = await hab.ledger.append("note.recorded", actor="human:ada", content="hello")
     """
 
-    def __init__(self, path: Path, info: HabitatInfo, ledger: Ledger, store: SQLiteStore, lock: IO[str] | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        info: HabitatInfo,
+        ledger: Ledger,
+        store: SQLiteStore,
+        lock: IO[str] | None,
+        settings: Settings,
+    ) -> None:
         self._path = path
         self._info = info
         self._ledger = ledger
         self._store = store
         self._lock = lock
+        self._settings = settings
         self._closed = False
+        self._agents = Agents(ledger, store)
+        self._messages = Messenger(ledger, store, self._agents, mailbox_capacity=settings.mailbox_capacity)
+        self._runtime: Runtime | None = None
 
     # -- opening ----------------------------------------------------------------------
 
@@ -118,7 +136,7 @@ class Habitat:
             store.set_meta("public_key", info.public_key)
             ledger = Ledger(store, signer=signer, public_key=info.public_key, limits=_limits(settings))
             await ledger._start()
-            hab = cls(where, info, ledger, store, lock)
+            hab = cls(where, info, ledger, store, lock, settings)
             await ledger.append(
                 "habitat.created", actor="system", meta={"name": info.name, "habitus_version": __version__}
             )
@@ -173,7 +191,7 @@ class Habitat:
             if lock is not None:
                 lock.close()
             raise
-        return cls(where, info, ledger, store, lock)
+        return cls(where, info, ledger, store, lock, settings)
 
     # -- using ------------------------------------------------------------------------
 
@@ -181,6 +199,49 @@ class Habitat:
     def ledger(self) -> Ledger:
         """The habitat's causal ledger."""
         return self._ledger
+
+    @property
+    def agents(self) -> Agents:
+        """The habitat's agents: spawn, look up, suspend, resume, retire."""
+        return self._agents
+
+    @property
+    def messages(self) -> Messenger:
+        """Messaging from outside the agents: send, publish, request, reply."""
+        return self._messages
+
+    async def start(self, app: App, *, options: RuntimeOptions | None = None) -> Runtime:
+        """Start running ``app``'s agents in this process; stop with :meth:`close` (or ``Runtime.stop``).
+
+        Raises:
+            ReadOnlyHabitatError: The habitat was opened read-only.
+            InvalidRequestError: An app is already running here.
+        """
+        if self._runtime is not None:
+            raise InvalidRequestError("an app is already running in this habitat; close it first")
+        if self._store.read_only:
+            raise ReadOnlyHabitatError("a read-only habitat cannot run agents; open it for writing")
+        settings = self._settings
+        options = options or RuntimeOptions(
+            max_attempts=settings.max_attempts,
+            idle_seconds=settings.idle_seconds,
+            max_active=settings.max_active_agents,
+        )
+        runtime = Runtime(
+            app, ledger=self._ledger, store=self._store, agents=self._agents, messenger=self._messages, options=options
+        )
+        await runtime.start()
+        self._runtime = runtime
+        return runtime
+
+    async def run(self, app: App, *, options: RuntimeOptions | None = None) -> None:
+        """Run ``app`` until cancelled (Ctrl-C in ``habitus run``); the next run resumes where it stopped."""
+        runtime = await self.start(app, options=options)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runtime.stop()
+            self._runtime = None
 
     @property
     def path(self) -> Path:
@@ -208,6 +269,9 @@ class Habitat:
             return
         self._closed = True
         try:
+            if self._runtime is not None:
+                await self._runtime.stop()
+                self._runtime = None
             await self._ledger._close()
         finally:
             self._store.close()

@@ -28,6 +28,11 @@ class Settings(BaseModel):
             (one is also signed when the habitat is closed).
         max_content_bytes: Largest content accepted by an append.
         max_meta_bytes: Largest meta (as canonical JSON) accepted by an append.
+        mailbox_capacity: Most messages waiting in one agent's mailbox; sending
+            to a full mailbox raises ``MailboxFullError``.
+        max_attempts: Deliveries of a message before it is dead-lettered.
+        idle_seconds: An agent with no work for this long is passivated (leaves memory).
+        max_active_agents: Most agents in memory at once; the rest wait their turn.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,6 +42,10 @@ class Settings(BaseModel):
     checkpoint_every: int = Field(default=10_000, ge=1, le=100_000_000)
     max_content_bytes: int = Field(default=1_048_576, ge=1, le=256 * 1_048_576)
     max_meta_bytes: int = Field(default=16_384, ge=2, le=1_048_576)
+    mailbox_capacity: int = Field(default=10_000, ge=1, le=100_000_000)
+    max_attempts: int = Field(default=5, ge=1, le=1000)
+    idle_seconds: float = Field(default=60.0, gt=0)
+    max_active_agents: int = Field(default=10_000, ge=1)
 
     @classmethod
     def resolve(

@@ -9,7 +9,15 @@ The hierarchy::
     │   ├── InvalidEventError         a malformed field (actor, thread, time, ...)
     │   ├── UnknownCauseError         a cause that is not in the ledger
     │   ├── ContentTooLargeError      content or meta over the documented limit
-    │   └── EventNotFoundError        no event with that id or seq
+    │   ├── EventNotFoundError        no event with that id or seq
+    │   ├── UnknownAgentError         no agent with that id
+    │   ├── AgentExistsError          spawning an id that is taken
+    │   ├── AgentRetiredError         the agent was retired; it takes no more messages
+    │   └── UnknownBehaviourError     the app declares no behaviour of that name
+    ├── MessagingError                a message could not be sent or answered
+    │   ├── MailboxFullError          the recipient's mailbox is at capacity (backpressure)
+    │   ├── RequestTimeoutError       no reply came in time
+    │   └── PolicyDeniedError         policy refused it (a policy.denied event records it)
     ├── HabitatUnavailableError       the habitat cannot do this right now
     │   ├── HabitatNotFoundError      no habitat at that path
     │   ├── HabitatExistsError        init over an existing habitat
@@ -31,6 +39,8 @@ from typing import NamedTuple
 
 __all__ = [
     "ERROR_TABLE",
+    "AgentExistsError",
+    "AgentRetiredError",
     "ContentTooLargeError",
     "ErrorCode",
     "EventNotFoundError",
@@ -45,8 +55,14 @@ __all__ = [
     "InvalidMetaError",
     "InvalidRequestError",
     "LedgerFailureError",
+    "MailboxFullError",
+    "MessagingError",
+    "PolicyDeniedError",
     "ReadOnlyHabitatError",
+    "RequestTimeoutError",
     "StorageError",
+    "UnknownAgentError",
+    "UnknownBehaviourError",
     "UnknownCauseError",
     "UnknownKindError",
     "error_code",
@@ -83,6 +99,38 @@ class ContentTooLargeError(InvalidRequestError):
 
 class EventNotFoundError(InvalidRequestError):
     """No event has the given id or sequence number."""
+
+
+class UnknownAgentError(InvalidRequestError):
+    """No agent has the given id."""
+
+
+class AgentExistsError(InvalidRequestError):
+    """An agent with that id already exists."""
+
+
+class AgentRetiredError(InvalidRequestError):
+    """The agent was retired and takes no more messages."""
+
+
+class UnknownBehaviourError(InvalidRequestError):
+    """The running app declares no behaviour with that name."""
+
+
+class MessagingError(HabitatError):
+    """A message could not be sent, delivered or answered."""
+
+
+class MailboxFullError(MessagingError):
+    """The recipient's mailbox is full: slow down and retry (backpressure, never a silent drop)."""
+
+
+class RequestTimeoutError(MessagingError):
+    """A request got no reply within its timeout."""
+
+
+class PolicyDeniedError(MessagingError):
+    """Policy refused the action; a ``policy.denied`` event records who, what and why."""
 
 
 class HabitatUnavailableError(HabitatError):
@@ -137,6 +185,14 @@ ERROR_TABLE: dict[type[HabitatError], ErrorCode] = {
     UnknownCauseError: ErrorCode(2, 422),
     ContentTooLargeError: ErrorCode(2, 413),
     EventNotFoundError: ErrorCode(3, 404),
+    UnknownAgentError: ErrorCode(3, 404),
+    AgentExistsError: ErrorCode(4, 409),
+    AgentRetiredError: ErrorCode(4, 410),
+    UnknownBehaviourError: ErrorCode(2, 422),
+    MessagingError: ErrorCode(7, 503),
+    MailboxFullError: ErrorCode(7, 429),
+    RequestTimeoutError: ErrorCode(7, 504),
+    PolicyDeniedError: ErrorCode(8, 403),
     HabitatUnavailableError: ErrorCode(4, 503),
     HabitatNotFoundError: ErrorCode(3, 404),
     HabitatExistsError: ErrorCode(4, 409),

@@ -98,7 +98,8 @@ async def test_world_time_thread_and_meta_are_kept(habitat: Habitat) -> None:
             "extra",
         ),
         ({"kind": "message.sent", "actor": "human:a", "content": "x", "meta": {"to": 5}}, InvalidMetaError, "to"),
-        ({"kind": "note.recorded", "actor": "human:a", "content": 3.5}, InvalidEventError, "float"),
+        ({"kind": "note.recorded", "actor": "human:a", "content": {1, 2}}, InvalidEventError, "set"),
+        ({"kind": "note.recorded", "actor": "human:a", "content": float("nan")}, InvalidEventError, "JSON"),
         ({"kind": "note.recorded", "actor": "human:a", "content": "x", "thread": ""}, InvalidEventError, "thread"),
         (
             {"kind": "note.recorded", "actor": "human:a", "content": "x", "at": datetime(2024, 1, 1)},

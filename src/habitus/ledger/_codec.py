@@ -58,7 +58,7 @@ def encode_content(content: object) -> tuple[int, bytes] | None:
     """Return ``(ctype, body)`` for a content value, or ``None`` for no content.
 
     Raises:
-        TypeError: For a value that is not text, bytes, or a JSON object or array.
+        TypeError: For a value that is not text, bytes, or a JSON object, array, number or boolean.
         ValueError: For JSON with values that cannot be encoded (NaN, non-string keys...).
     """
     if content is None:
@@ -67,9 +67,11 @@ def encode_content(content: object) -> tuple[int, bytes] | None:
         return CTYPE_TEXT, content.encode("utf-8")
     if isinstance(content, bytes | bytearray | memoryview):
         return CTYPE_BYTES, bytes(content)
-    if isinstance(content, dict | list):
+    if isinstance(content, dict | list | int | float):  # bool is an int
         return CTYPE_JSON, _dumps(content).encode("utf-8")
-    raise TypeError(f"content must be str, bytes, or a JSON object or array, not {type(content).__name__}")
+    raise TypeError(
+        f"content must be text, bytes, or a JSON value (object, array, number, boolean), not {type(content).__name__}"
+    )
 
 
 def decode_content(ctype: int, body: bytes) -> Any:

@@ -12,6 +12,7 @@ from habitus.ledger._kinds import KindSpec, MetaModel, register_kinds
 __all__ = ["CORE_KINDS"]
 
 _Name = Annotated[str, Field(min_length=1, max_length=256)]
+_Id = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")]
 
 
 class HabitatCreatedMeta(MetaModel):
@@ -24,15 +25,22 @@ class HabitatCreatedMeta(MetaModel):
 class ContentErasedMeta(MetaModel):
     """Meta of ``content.erased``: which event lost its content, and why."""
 
-    target: Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")]
+    target: _Id
     target_seq: Annotated[int, Field(ge=1)]
     reason: Annotated[str, Field(min_length=1, max_length=1000)]
 
 
 class MessageSentMeta(MetaModel):
-    """Meta of ``message.sent``: the recipient principal or topic."""
+    """Meta of ``message.sent``: the recipient, and how the message relates to others.
+
+    ``type`` selects the recipient's handler; ``expects_reply`` marks a request;
+    ``in_reply_to`` is the id of the request a reply answers.
+    """
 
     to: _Name
+    type: _Name | None = None
+    expects_reply: bool = False
+    in_reply_to: _Id | None = None
 
 
 class NoteMeta(MetaModel):

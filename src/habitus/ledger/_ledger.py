@@ -174,12 +174,12 @@ class Ledger:
         writer = self._require_writer()
         tx = Transaction(self._prep)
         yield tx
-        checked, ids, staged = tx._parts()
-        if not checked:
+        checked, ids, staged, ops = tx._parts()
+        if not checked and not ops:
             tx._done(CommittedEvents([]))
             return
         known = await self._prep.check_causes(checked, staged)
-        batch, events = self._prep.seal(checked, known, ids=ids)
+        batch, events = self._prep.seal(checked, known, ids=ids, ops=ops)
         writer.submit(batch)
         await batch.future
         tx._done(events)

@@ -24,9 +24,9 @@ __all__ = [
 ]
 
 ContentType = Literal["text", "json", "bytes"]
-"""``text`` is a ``str``, ``json`` a dict or list, ``bytes`` raw bytes."""
+"""``text`` is a ``str``, ``json`` a dict, list, number or boolean, ``bytes`` raw bytes."""
 
-Content = str | bytes | dict[str, JsonValue] | list[JsonValue]
+Content = str | bytes | dict[str, JsonValue] | list[JsonValue] | bool | int | float
 
 
 class _Frozen(BaseModel):

@@ -33,6 +33,7 @@ from habitus.ledger._rows import CommittedEvents
 from habitus.ledger._signing import Signer
 from habitus.ledger._writer import Batch, Sequencer
 from habitus.storage._abstract import CheckpointRow, LedgerStore, Row
+from habitus.storage._projections import Op
 
 __all__ = ["LedgerLimits", "Preparer", "load_head"]
 
@@ -185,6 +186,7 @@ class Preparer:
         erase: list[int] | None = None,
         checkpoint: bool = False,
         ids: list[bytes] | None = None,
+        ops: list[Op] | None = None,
     ) -> tuple[Batch, CommittedEvents]:
         """Give prepared drafts their ids, seqs, times, leaves and Merkle nodes.
 
@@ -241,5 +243,7 @@ class Preparer:
                 seqr.last_checkpoint = size
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Erasures, and checkpoints asked for by name, also rewrite the WAL away (see erase()).
-        batch = Batch(generation, rows, edges, nodes, future, signed, erase or [], scrub=bool(erase) or checkpoint)
+        batch = Batch(
+            generation, rows, edges, nodes, future, signed, erase or [], scrub=bool(erase) or checkpoint, ops=ops or []
+        )
         return batch, CommittedEvents(rows)

@@ -12,6 +12,7 @@ from habitus.errors import InvalidRequestError
 from habitus.ledger._models import Draft, Event
 from habitus.ledger._prepare import Preparer
 from habitus.ledger._rows import EventRef, as_uuid
+from habitus.storage._projections import Op
 
 __all__ = ["Transaction"]
 
@@ -30,6 +31,7 @@ class Transaction:
         self._checked: list[tuple[Any, ...]] = []
         self._ids: list[bytes] = []
         self._staged: set[bytes] = set()
+        self._ops: list[Op] = []
         self._events: Sequence[Event] | None = None
 
     def append(
@@ -67,6 +69,17 @@ class Transaction:
         self._staged.add(id_)
         return uuid.UUID(bytes=id_)
 
+    def project(self, op: Op) -> None:
+        """Add a projection change to commit with the staged events (for Habitus's subsystems)."""
+        if self._events is not None:
+            raise InvalidRequestError("this transaction has committed; start a new one")
+        self._ops.append(op)
+
+    @property
+    def ops(self) -> Sequence[Op]:
+        """Projection changes added so far."""
+        return self._ops
+
     @property
     def staged(self) -> int:
         """Number of events staged so far."""
@@ -79,8 +92,8 @@ class Transaction:
             raise InvalidRequestError("the transaction has not committed yet")
         return self._events
 
-    def _parts(self) -> tuple[list[tuple[Any, ...]], list[bytes], set[bytes]]:
-        return self._checked, self._ids, self._staged
+    def _parts(self) -> tuple[list[tuple[Any, ...]], list[bytes], set[bytes], list[Op]]:
+        return self._checked, self._ids, self._staged, self._ops
 
     def _done(self, events: Sequence[Event]) -> None:
         self._events = events

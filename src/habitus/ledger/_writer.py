@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from habitus.errors import HabitatClosedError, StorageError
 from habitus.ledger._merkle import Frontier
 from habitus.storage._abstract import CheckpointRow, LedgerStore, Row, WriteBatch
+from habitus.storage._projections import Op
 
 __all__ = ["GROUP_EVENTS", "INLINE_EVENTS", "INLINE_GROUP", "Batch", "Sequencer", "Writer"]
 
@@ -66,6 +67,7 @@ class Batch:
     erase: list[int] = field(default_factory=list)
     scrub: bool = False
     scrubbed: bool = False
+    ops: list[Op] = field(default_factory=list)
 
 
 class Writer:
@@ -202,15 +204,17 @@ class Writer:
         edges: list[tuple[int, int]] = []
         nodes: list[tuple[int, int, bytes]] = []
         erase: list[int] = []
+        ops: list[Op] = []
         checkpoint: CheckpointRow | None = None
         for batch in live:
+            ops.extend(batch.ops)
             rows.extend(batch.rows)
             edges.extend(batch.edges)
             nodes.extend(batch.nodes)
             erase.extend(batch.erase)
             checkpoint = batch.checkpoint or checkpoint
         try:
-            self._store.write(WriteBatch(rows, edges, nodes, checkpoint, erase))
+            self._store.write(WriteBatch(rows, edges, nodes, checkpoint, erase, ops))
         except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure
             with self._seq.lock:
                 self._seq.generation += 1

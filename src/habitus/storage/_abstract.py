@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from habitus.storage._projections import Op
+
 __all__ = [
     "ROW_FIELDS",
     "CheckpointRow",
@@ -75,6 +77,8 @@ class WriteBatch:
         nodes: Completed Merkle nodes ``(level, index, hash)``.
         checkpoint: A signed checkpoint to store, if one was made.
         erase: Seqs whose content and salt are deleted.
+        ops: Projection changes (agents, state, mailboxes, timers), applied
+            after the rows; ops may name the rows' events by id.
     """
 
     rows: Sequence[Row]
@@ -82,6 +86,7 @@ class WriteBatch:
     nodes: Sequence[tuple[int, int, bytes]]
     checkpoint: CheckpointRow | None = None
     erase: Sequence[int] = ()
+    ops: Sequence[Op] = ()
 
 
 @dataclass(frozen=True, slots=True)

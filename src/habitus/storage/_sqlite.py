@@ -15,17 +15,29 @@ import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from habitus.errors import ReadOnlyHabitatError, StorageError
 from habitus.storage._abstract import CheckpointRow, EventQuery, Row, WriteBatch
 from habitus.storage._postings import MERGE_EVENTS, build_postings, iter_seqs, merge_recent, recent_start
 from habitus.storage._postings import SCHEMA as POSTINGS_SCHEMA
+from habitus.storage._projections import AgentRow, MailboxRow, TimerRow
+from habitus.storage._sqlite_projections import SCHEMA as PROJECTIONS_SCHEMA
+from habitus.storage._sqlite_projections import (
+    apply_ops,
+    read_agent,
+    read_agents,
+    read_mailbox,
+    read_state,
+    read_timers,
+)
 
 __all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -118,7 +130,7 @@ class SQLiteStore:
         self._recent_start: int | None = _UNKNOWN
         if not read_only:
             self._writer = self._connect(writer=True)
-            self._writer.executescript(_SCHEMA + POSTINGS_SCHEMA)
+            self._writer.executescript(_SCHEMA + POSTINGS_SCHEMA + PROJECTIONS_SCHEMA)
 
     # -- connections -------------------------------------------------------------------
 
@@ -189,6 +201,8 @@ class SQLiteStore:
                         "INSERT OR REPLACE INTO checkpoints (tree_size, root, ts, signature) VALUES (?, ?, ?, ?)",
                         batch.checkpoint,
                     )
+                if batch.ops:
+                    apply_ops(conn, batch.ops, {row[1]: row[0] for row in batch.rows})
                 for seq in batch.erase:
                     conn.execute("UPDATE events SET salt = NULL, body = NULL WHERE seq = ?", (seq,))
                 conn.execute("COMMIT")
@@ -388,6 +402,50 @@ class SQLiteStore:
         """Every checkpoint, by tree size."""
         rows = self._all_rows("SELECT tree_size, root, ts, signature FROM checkpoints ORDER BY tree_size")
         return [(int(a), bytes(b), int(c), bytes(d)) for a, b, c, d in rows]
+
+    # -- projections (see _projections.py) --------------------------------------------------
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self._reader())
+        except sqlite3.Error as exc:
+            raise StorageError(f"reading {str(self._path)!r} failed: {exc}") from exc
+
+    def agent(self, agent: str) -> AgentRow | None:
+        """One agent's row."""
+        return self._read(lambda c: read_agent(c, agent))
+
+    def agents(self, *, after: str | None, limit: int) -> list[AgentRow]:
+        """Agents in id order, starting after ``after``."""
+        return self._read(lambda c: read_agents(c, after, limit))
+
+    def agent_count(self) -> int:
+        """How many agents are registered."""
+        return int(self._all_rows("SELECT count(*) FROM agents")[0][0])
+
+    def subscriptions(self) -> list[tuple[str, str]]:
+        """``(agent, topics JSON)`` of agents subscribed to topics."""
+        return [(a, t) for a, t in self._all_rows("SELECT agent, topics FROM agents WHERE topics != '[]'")]
+
+    def state(self, agent: str) -> dict[str, str]:
+        """An agent's durable state."""
+        return self._read(lambda c: read_state(c, agent))
+
+    def mailbox(self, agent: str, *, after: int, limit: int, dead: bool = False) -> list[MailboxRow]:
+        """Queued (or dead) messages of an agent."""
+        return self._read(lambda c: read_mailbox(c, agent, after, limit, dead))
+
+    def mailbox_depth(self, agent: str) -> int:
+        """Queued messages of an agent, dead letters excluded."""
+        return int(self._all_rows("SELECT count(*) FROM mailbox WHERE agent = ? AND dead = 0", (agent,))[0][0])
+
+    def agents_with_mail(self) -> list[str]:
+        """Agents with at least one queued message."""
+        return [r[0] for r in self._all_rows("SELECT DISTINCT agent FROM mailbox WHERE dead = 0")]
+
+    def timers(self) -> list[TimerRow]:
+        """Every pending timer, earliest first."""
+        return self._read(read_timers)
 
 
 def _lenient_text(raw: bytes) -> str:

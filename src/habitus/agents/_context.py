@@ -1,0 +1,220 @@
+"""What a handler can do: everything it stages commits with the acknowledgement of its message."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from habitus.agents._models import AgentInfo, Message
+from habitus.errors import InvalidRequestError
+from habitus.ledger._codec import to_micros
+from habitus.ledger._ledger import Ledger
+from habitus.ledger._rows import EventRef
+from habitus.ledger._transaction import Transaction
+from habitus.storage._projections import TimerDelete, TimerPut
+
+if TYPE_CHECKING:
+    from habitus.agents._registry import Agents
+    from habitus.messaging._messenger import Messenger
+
+__all__ = ["AgentContext", "AgentState"]
+
+_DELETED = object()
+_TIMER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
+
+
+class AgentState:
+    """An agent's durable state: values you can ``get``, ``set`` and ``delete``.
+
+    Changes are staged with the message being handled and committed with its
+    acknowledgement; if the handler fails, they are discarded.
+    """
+
+    def __init__(self, committed: dict[str, Any]) -> None:
+        self._committed = committed
+        self._pending: dict[str, Any] = {}
+        self._stage: Any = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default``."""
+        if key in self._pending:
+            value = self._pending[key]
+            return default if value is _DELETED else value
+        return self._committed.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key, _DELETED) is not _DELETED
+
+    def set(self, key: str, value: Any) -> None:
+        """Set ``key`` to a JSON-serialisable value."""
+        _check_key(key)
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"state value for {key!r} is not JSON: {exc}") from None
+        self._stage("set", key, value)
+        self._pending[key] = value
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (no error if it is absent)."""
+        _check_key(key)
+        if key in self:
+            self._stage("delete", key, None)
+            self._pending[key] = _DELETED
+
+    def items(self) -> dict[str, Any]:
+        """Every key and value, staged changes included."""
+        merged = {**self._committed, **self._pending}
+        return {k: v for k, v in merged.items() if v is not _DELETED}
+
+    def _commit(self) -> None:
+        for key, value in self._pending.items():
+            if value is _DELETED:
+                self._committed.pop(key, None)
+            else:
+                self._committed[key] = value
+        self._pending.clear()
+
+    def _rollback(self) -> None:
+        self._pending.clear()
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not 1 <= len(key) <= 256:
+        raise InvalidRequestError(f"state keys are strings of 1-256 characters, not {key!r}")
+
+
+class AgentContext:
+    """A handler's view of its agent and of the habitat.
+
+    Every effect — messages, published messages, replies, events, state
+    changes, timers — is staged in the transaction of the message being
+    handled and commits with its acknowledgement, all or nothing. The message
+    is the cause of every one of them.
+    """
+
+    def __init__(
+        self, info: AgentInfo, state: dict[str, Any], *, ledger: Ledger, agents: Agents, messenger: Messenger
+    ) -> None:
+        self.agent = info
+        self.state = AgentState(state)
+        self.state._stage = self._stage_state
+        self._ledger = ledger
+        self._agents = agents
+        self._messenger = messenger
+        self._tx: Transaction | None = None
+        self._message: Message | None = None
+        self.timers_set = False
+
+    @property
+    def principal(self) -> str:
+        """``agent:<id>``: the actor of everything this agent does."""
+        return self.agent.principal
+
+    @property
+    def message(self) -> Message:
+        """The message being handled."""
+        if self._message is None:
+            raise InvalidRequestError("no message is being handled")
+        return self._message
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger, for reading (``why``, ``query``...); write through this context instead."""
+        return self._ledger
+
+    def _begin(self, tx: Transaction, message: Message) -> None:
+        self._tx = tx
+        self._message = message
+        self.timers_set = False
+
+    def _end(self, *, committed: bool) -> None:
+        if committed:
+            self.state._commit()
+        else:
+            self.state._rollback()
+        self._tx = None
+
+    @property
+    def _transaction(self) -> Transaction:
+        if self._tx is None:
+            raise InvalidRequestError(
+                "this agent's context is used outside a handler (after it returned, or from a task it left "
+                "running); effects must be staged while the handler runs"
+            )
+        return self._tx
+
+    # -- effects ----------------------------------------------------------------------------
+
+    async def send(self, to: str, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
+        """Send a message to an agent (committed with this handler's other effects)."""
+        return await self._messenger.stage_send(self._transaction, self.principal, to, body, type=type)
+
+    async def publish(self, topic: str, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
+        """Publish to a topic."""
+        return await self._messenger.stage_publish(self._transaction, self.principal, topic, body, type=type)
+
+    async def reply(self, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
+        """Reply to the message being handled (its sender gets it; a waiting ``request`` returns it)."""
+        return await self._messenger.stage_reply(self._transaction, self.principal, self.message, body, type=type)
+
+    def emit(
+        self,
+        kind: str,
+        *,
+        content: Any = None,
+        meta: dict[str, Any] | None = None,
+        causes: Iterable[EventRef] = (),
+        at: datetime | None = None,
+    ) -> uuid.UUID:
+        """Record an event by this agent (an observation, a note, a decision...)."""
+        return self._transaction.append(kind, actor=self.principal, content=content, meta=meta, causes=causes, at=at)
+
+    def set_timer(
+        self,
+        name: str,
+        *,
+        after: float | timedelta | None = None,
+        at: datetime | None = None,
+        payload: Any = None,
+    ) -> None:
+        """Ask to be woken (``on_timer``) after a delay or at a time; replaces a timer of the same name.
+
+        Timers are durable: they fire after a restart too (late, if the app was down).
+        """
+        if not isinstance(name, str) or not _TIMER_RE.match(name):
+            raise InvalidRequestError(f"timer name {name!r} must be a short identifier")
+        if (after is None) == (at is None):
+            raise InvalidRequestError("set_timer needs exactly one of after= or at=")
+        if at is not None:
+            if at.tzinfo is None:
+                raise InvalidRequestError(f"timer time {at!r} must be timezone-aware")
+            due = to_micros(at)
+        else:
+            seconds = after.total_seconds() if isinstance(after, timedelta) else float(after or 0)
+            if seconds < 0:
+                raise InvalidRequestError(f"timer delay must not be negative, got {after!r}")
+            due = time.time_ns() // 1000 + int(seconds * 1_000_000)
+        tx = self._transaction
+        timer_id = f"{self.agent.id}/{name}"
+        content = {"payload": payload} if payload is not None else None
+        event = tx.append(
+            "timer.set", actor=self.principal, meta={"agent": self.agent.id, "timer": name, "due": due}, content=content
+        )
+        tx.project(TimerPut(timer_id, self.agent.id, due, event.bytes))
+        self.timers_set = True
+
+    def cancel_timer(self, name: str) -> None:
+        """Forget a timer set earlier (no error if there is none)."""
+        self._transaction.project(TimerDelete(f"{self.agent.id}/{name}"))
+
+    def _stage_state(self, action: str, key: str, value: Any) -> None:
+        if action == "set":
+            self._agents.stage_state(self._transaction, self.agent.id, key, value, actor=self.principal)
+        else:
+            self._agents.stage_delete(self._transaction, self.agent.id, key, actor=self.principal)

@@ -1,0 +1,106 @@
+"""What agents and messages look like to users."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from habitus.ledger._models import Event
+
+__all__ = ["AgentInfo", "AgentStatusName", "Message"]
+
+AgentStatusName = Literal["spawned", "active", "suspended", "retired"]
+
+
+class AgentInfo(BaseModel):
+    """An agent's identity and lifecycle status.
+
+    Attributes:
+        id: The agent's id; its principal is ``agent:<id>``.
+        name: A human-readable name.
+        owner: The principal who answers for it (``human:…`` or ``service:…``).
+        labels: Free-form string labels.
+        behaviour: Name of the behaviour (class or function) the app runs it with.
+        topics: Topic patterns it subscribes to.
+        status: ``spawned``, ``active``, ``suspended`` or ``retired``.
+        spawned_seq: Seq of its ``agent.spawned`` event.
+        updated_seq: Seq of its latest lifecycle event.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    owner: str
+    labels: dict[str, str]
+    behaviour: str
+    topics: list[str]
+    status: AgentStatusName
+    spawned_seq: int
+    updated_seq: int
+
+    @property
+    def principal(self) -> str:
+        """``agent:<id>``."""
+        return f"agent:{self.id}"
+
+
+class Message(BaseModel):
+    """A message as a handler receives it.
+
+    Attributes:
+        id: The message event's id (cite it as a cause, reply to it).
+        seq: The message event's seq.
+        sender: The principal that sent it.
+        to: The recipient principal (``agent:<id>``) or, if published, the topic.
+        type: The message type that selected the handler, if any.
+        topic: The topic it was published on, if it was published.
+        body: The content: text, a JSON object or array, or bytes.
+        thread: Its thread.
+        expects_reply: True for a request.
+        in_reply_to: For a reply, the id of the request it answers.
+        attempt: 1 on first delivery, more on retries.
+        event: The underlying ledger event.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    seq: int
+    sender: str
+    to: str
+    type: str | None = None
+    topic: str | None = None
+    body: Any = None
+    thread: str | None = None
+    ts: datetime
+    expects_reply: bool = False
+    in_reply_to: uuid.UUID | None = None
+    attempt: int = 1
+    event: Event
+
+    @classmethod
+    def from_event(cls, event: Event, *, attempt: int = 1) -> Message:
+        """Read a ``message.sent``, ``message.published`` or ``timer.fired`` event as a message."""
+        meta: dict[str, JsonValue] = event.meta
+        topic = meta.get("topic") if event.kind == "message.published" else None
+        kind_type = "timer" if event.kind == "timer.fired" else meta.get("type")
+        reply = meta.get("in_reply_to")
+        return cls(
+            id=event.id,
+            seq=event.seq,
+            sender=event.actor,
+            to=str(meta.get("to") or meta.get("agent") or topic or ""),
+            type=kind_type if isinstance(kind_type, str) else None,
+            topic=topic if isinstance(topic, str) else None,
+            body=event.content,
+            thread=event.thread,
+            ts=event.ts,
+            expects_reply=bool(meta.get("expects_reply", False)),
+            in_reply_to=uuid.UUID(reply) if isinstance(reply, str) else None,
+            attempt=attempt,
+            event=event,
+        )

@@ -1,0 +1,337 @@
+"""The runtime: activates agents that have work, delivers their messages, fires their timers.
+
+Agents are virtual actors. Registered agents are rows; an agent becomes an
+*activation* (an instance of its behaviour and an asyncio task) only when its
+mailbox has a message, and is passivated again after ``idle_seconds``
+without one. An activation handles one message at a time, in mailbox order
+(the order messages were committed), so per-sender order holds.
+
+Each delivery runs the handler inside a ledger transaction and inside
+``caused_by(message)``: everything the handler does is staged, and commits
+together with the acknowledgement of the message (its mailbox row is
+deleted), or not at all. After a crash, unacknowledged messages are simply
+still in their mailboxes and are delivered again; the ledger never shows one
+delivery's effects twice. A handler that raises commits nothing; the failure
+is recorded (``message.failed``) and the message retried after a backoff, up
+to ``max_attempts``, then dead-lettered (``message.dead_lettered``). The
+mailbox's head waits while it backs off, which keeps the order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from habitus.agents._behaviour import App, Behaviour
+from habitus.agents._context import AgentContext
+from habitus.agents._models import Message
+from habitus.agents._registry import Agents, SpawnSpec, info_from_row, principal_of
+from habitus.errors import HabitatError, UnknownAgentError
+from habitus.ledger._context import caused_by
+from habitus.ledger._ledger import Ledger
+from habitus.ledger._rows import event_from_row
+from habitus.messaging._messenger import Messenger
+from habitus.storage._projections import MailboxAck, MailboxDead, MailboxPut, MailboxRetry, MailboxRow, TimerDelete
+from habitus.storage._sqlite import SQLiteStore
+
+__all__ = ["Runtime", "RuntimeOptions"]
+
+log = logging.getLogger("habitus.runtime")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the runtime schedules work.
+
+    Attributes:
+        max_attempts: Deliveries of a message before it is dead-lettered.
+        retry_base: First retry delay in seconds; doubles each attempt (capped at 60 s).
+        idle_seconds: An activation with no work for this long is passivated.
+        max_active: Most activations in memory at once; others wait their turn.
+        batch: Messages read from a mailbox at a time.
+        timer_poll: Longest sleep of the timer loop, in seconds.
+    """
+
+    max_attempts: int = 5
+    retry_base: float = 0.1
+    idle_seconds: float = 60.0
+    max_active: int = 10_000
+    batch: int = 32
+    timer_poll: float = 0.25
+
+
+@dataclass
+class _Activation:
+    agent: str
+    behaviour: Behaviour
+    context: AgentContext
+    instance: Any
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Runtime:
+    """Runs an :class:`App` in a habitat until stopped (see :meth:`habitus.Habitat.run`)."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        ledger: Ledger,
+        store: SQLiteStore,
+        agents: Agents,
+        messenger: Messenger,
+        options: RuntimeOptions,
+    ) -> None:
+        self._app = app
+        self._ledger = ledger
+        self._store = store
+        self._agents = agents
+        self._messenger = messenger
+        self._options = options
+        self._active: dict[str, _Activation] = {}
+        self._waiting: dict[str, None] = {}  # agents with work but no free activation slot, in order
+        self._timers_wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.delivered = 0
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the app's declared agents (first run only), then start delivering."""
+        missing = []
+        for spec in self._app.agents:
+            try:
+                await self._agents.get(spec["id"])
+            except UnknownAgentError:
+                behaviour = self._app.get(spec["behaviour"])
+                topics = spec["topics"] if spec["topics"] is not None else behaviour.topics
+                missing.append(
+                    SpawnSpec(
+                        spec["id"],
+                        behaviour=spec["behaviour"],
+                        owner=spec["owner"],
+                        name=spec["name"],
+                        labels=spec["labels"],
+                        topics=topics,
+                    )
+                )
+        if missing:
+            await self._agents.spawn_many(missing)
+        self._messenger.on_mail(self._on_mail)
+        self._agents.listen(self._on_lifecycle)
+        self._spawn_task(self._timer_loop())
+        self._on_mail(set(await asyncio.to_thread(self._store.agents_with_mail)))
+
+    async def stop(self) -> None:
+        """Finish the deliveries in progress and stop."""
+        self._stopping = True
+        self._timers_wake.set()
+        for activation in list(self._active.values()):
+            activation.wake.set()
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def active(self) -> int:
+        """Agents activated right now."""
+        return len(self._active)
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def _on_mail(self, agents: set[str]) -> None:
+        if self._stopping:
+            return
+        for agent in sorted(agents):
+            activation = self._active.get(agent)
+            if activation is not None:
+                activation.wake.set()
+            elif len(self._active) < self._options.max_active:
+                self._activate(agent)
+            else:
+                self._waiting[agent] = None
+
+    def _on_lifecycle(self, agent: str, status: str) -> None:
+        if status == "active":  # resumed: its mailbox may hold work
+            self._on_mail({agent})
+        elif status in ("suspended", "retired"):
+            activation = self._active.get(agent)
+            if activation is not None:
+                activation.wake.set()
+
+    def _activate(self, agent: str) -> None:
+        row = self._store.agent(agent)
+        if row is None or row.status in ("suspended", "retired"):
+            return
+        try:
+            behaviour = self._app.get(row.behaviour)
+        except HabitatError:
+            log.warning("agent %s has behaviour %r, which this app does not have", agent, row.behaviour)
+            return
+        info_state = {k: json.loads(v) for k, v in self._store.state(agent).items()}
+        context = AgentContext(
+            info_from_row(row), info_state, ledger=self._ledger, agents=self._agents, messenger=self._messenger
+        )
+        activation = _Activation(agent, behaviour, context, behaviour.factory(context))
+        self._active[agent] = activation
+        activation.task = self._spawn_task(self._run_activation(activation))
+
+    def _passivate(self, activation: _Activation) -> None:
+        self._active.pop(activation.agent, None)
+        while self._waiting and len(self._active) < self._options.max_active and not self._stopping:
+            agent = next(iter(self._waiting))
+            del self._waiting[agent]
+            if agent not in self._active:
+                self._activate(agent)
+
+    async def _run_activation(self, activation: _Activation) -> None:
+        agent = activation.agent
+        try:
+            while not self._stopping:
+                status = self._agents.status(agent)
+                if status not in ("spawned", "active"):
+                    return
+                activation.wake.clear()
+                rows = self._store.mailbox(agent, after=0, limit=self._options.batch)
+                if not rows:
+                    try:
+                        await asyncio.wait_for(activation.wake.wait(), self._options.idle_seconds)
+                    except TimeoutError:
+                        return
+                    continue
+                events = {r[0]: r for r in self._store.rows_by_seq([m.msg for m in rows])}
+                for row in rows:
+                    if self._stopping or self._agents.status(agent) not in ("spawned", "active"):
+                        return
+                    delay = (row.not_before - time.time_ns() // 1000) / 1_000_000
+                    if delay > 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(activation.wake.wait(), delay)
+                        break
+                    stored = events.get(row.msg)
+                    if stored is None:
+                        continue
+                    if not await self._deliver(
+                        activation, row, Message.from_event(event_from_row(stored), attempt=row.attempts + 1)
+                    ):
+                        break
+        finally:
+            self._passivate(activation)
+
+    # -- delivering -------------------------------------------------------------------------
+
+    async def _deliver(self, activation: _Activation, row: MailboxRow, message: Message) -> bool:
+        """Handle one message; True if it was acknowledged (or dead-lettered)."""
+        agent = activation.agent
+        refusal = await self._messenger.check_delivery(message.sender, principal_of(agent))
+        if refusal is not None:
+            await self._give_up(agent, row, message, f"refused by policy: {refusal}")
+            return True
+        context = activation.context
+        first = self._agents.status(agent) == "spawned"
+        try:
+            async with self._ledger.transaction() as tx:
+                with caused_by(message.event, thread=message.thread):
+                    context._begin(tx, message)
+                    if first:
+                        self._agents.mark_active(tx, agent)
+                    await activation.behaviour.handler(activation.instance, message)()
+                tx.project(MailboxAck(agent, row.msg))
+        except Exception as exc:  # noqa: BLE001 - a handler's failure is data: recorded, retried
+            context._end(committed=False)
+            await self._failed(agent, row, message, exc)
+            return False
+        context._end(committed=True)
+        if first:
+            self._agents.cache_status(agent, "active")
+        self._messenger.after_commit(tx)
+        if context.timers_set:
+            self._timers_wake.set()
+        self.delivered += 1
+        return True
+
+    async def _failed(self, agent: str, row: MailboxRow, message: Message, exc: BaseException) -> None:
+        attempt = row.attempts + 1
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        if attempt >= self._options.max_attempts:
+            await self._give_up(agent, row, message, error)
+            return
+        delay = min(self._options.retry_base * 2 ** (attempt - 1), 60.0)
+        not_before = time.time_ns() // 1000 + int(delay * 1_000_000)
+        async with self._ledger.transaction() as tx:
+            tx.append(
+                "message.failed",
+                actor="system",
+                meta={"agent": agent, "message_seq": row.msg, "attempt": attempt, "error": error},
+                causes=[message.id],
+            )
+            tx.project(MailboxRetry(agent, row.msg, attempt, not_before, error))
+
+    async def _give_up(self, agent: str, row: MailboxRow, message: Message, error: str) -> None:
+        async with self._ledger.transaction() as tx:
+            tx.append(
+                "message.dead_lettered",
+                actor="system",
+                meta={"agent": agent, "message_seq": row.msg, "attempt": row.attempts + 1, "error": error[:2000]},
+                causes=[message.id],
+            )
+            tx.project(MailboxDead(agent, row.msg, row.attempts + 1, error[:2000]))
+        self._messenger.after_commit(tx)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while not self._stopping:
+            self._timers_wake.clear()
+            now = time.time_ns() // 1000
+            timers = self._store.timers()
+            fired = 0
+            next_due: int | None = None
+            for timer in timers:
+                if timer.due > now:
+                    next_due = timer.due
+                    break
+                status = self._agents.status(timer.agent)
+                if status in ("suspended", None):
+                    continue
+                await self._fire(timer.timer, timer.agent, timer.due, timer.set_seq, retired=status == "retired")
+                fired += 1
+            if fired:
+                continue
+            wait = self._options.timer_poll
+            if next_due is not None:
+                wait = min(wait, max(0.0, (next_due - time.time_ns() // 1000) / 1_000_000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timers_wake.wait(), wait)
+
+    async def _fire(self, timer: str, agent: str, due: int, set_seq: int, *, retired: bool) -> None:
+        rows = self._store.rows_by_seq([set_seq])
+        async with self._ledger.transaction() as tx:
+            if not retired and rows:
+                set_event = event_from_row(rows[0])
+                name = timer.split("/", 1)[1] if "/" in timer else timer
+                fired = tx.append(
+                    "timer.fired",
+                    actor="system",
+                    meta={"agent": agent, "timer": name, "due": due},
+                    content=set_event.content,
+                    causes=[set_event.id],
+                    thread=set_event.thread,
+                )
+                tx.project(MailboxPut(agent, fired.bytes, "system"))
+            tx.project(TimerDelete(timer))
+        self._messenger.after_commit(tx)

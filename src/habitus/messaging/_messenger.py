@@ -1,0 +1,317 @@
+"""Sending, publishing, requesting and replying: messages as events, mailboxes as projections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from habitus.agents._models import Message
+from habitus.agents._registry import Agents, agent_id
+from habitus.errors import (
+    InvalidRequestError,
+    MailboxFullError,
+    PolicyDeniedError,
+    RequestTimeoutError,
+)
+from habitus.ledger._ledger import Ledger
+from habitus.ledger._models import Event
+from habitus.ledger._transaction import Transaction
+from habitus.messaging import _kinds  # noqa: F401  (registers the message kinds)
+from habitus.messaging._topics import check_topic, matches
+from habitus.storage._projections import MailboxAck, MailboxDead, MailboxPut
+from habitus.storage._sqlite import SQLiteStore
+
+__all__ = ["Messenger", "PolicyHook", "PolicyRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """What the policy hook is asked: may ``principal`` do ``action`` on ``resource``?
+
+    Actions here are ``message:send`` (resource: the recipient principal or
+    ``topic:<topic>``) and ``message:deliver`` (resource: the recipient, with
+    the sender as principal).
+    """
+
+    principal: str
+    action: str
+    resource: str
+
+
+PolicyHook = Callable[[PolicyRequest], str | None]
+"""Returns ``None`` to allow, or the reason for refusing."""
+
+
+class Messenger:
+    """Messages between principals: ``send``, ``publish``, ``request``, ``reply``.
+
+    Obtain it as :attr:`habitus.Habitat.messages`. A message is a
+    ``message.sent`` event; sending it to an agent queues it in that agent's
+    mailbox in the same commit. Inside a handler use the handler's context
+    instead, so the message commits with the handler's other effects.
+    """
+
+    def __init__(self, ledger: Ledger, store: SQLiteStore, agents: Agents, *, mailbox_capacity: int) -> None:
+        self._ledger = ledger
+        self._store = store
+        self._agents = agents
+        self._capacity = mailbox_capacity
+        self._depth: dict[str, int] = {}
+        self._waiting: dict[bytes, asyncio.Future[Message]] = {}
+        self._subscriptions: dict[str, list[str]] | None = None  # pattern -> agents
+        self._mail_listeners: list[Callable[[set[str]], None]] = []
+        self.policy: PolicyHook | None = None
+        agents.listen(self._lifecycle)
+
+    # -- the public API ---------------------------------------------------------------------
+
+    async def send(
+        self,
+        to: str,
+        body: Any,
+        *,
+        sender: str,
+        type: str | None = None,  # noqa: A002 - the message's type
+        thread: str | None = None,
+    ) -> Event:
+        """Send a message to an agent; durable and queued in its mailbox when this returns.
+
+        Raises:
+            UnknownAgentError: No such agent.
+            AgentRetiredError: The agent is retired.
+            MailboxFullError: Its mailbox is at capacity (retry later).
+            PolicyDeniedError: Policy refused it (recorded as ``policy.denied``).
+        """
+        async with self._ledger.transaction() as tx:
+            message_id = await self.stage_send(tx, sender, to, body, type=type, thread=thread)
+        self.after_commit(tx)
+        (event,) = [e for e in tx.events if e.id == message_id]
+        return event
+
+    async def publish(
+        self,
+        topic: str,
+        body: Any,
+        *,
+        sender: str,
+        type: str | None = None,  # noqa: A002
+        thread: str | None = None,
+    ) -> Event:
+        """Publish to a topic: every agent subscribed to a matching pattern gets it queued."""
+        async with self._ledger.transaction() as tx:
+            message_id = await self.stage_publish(tx, sender, topic, body, type=type, thread=thread)
+        self.after_commit(tx)
+        (event,) = [e for e in tx.events if e.id == message_id]
+        return event
+
+    async def request(
+        self,
+        to: str,
+        body: Any,
+        *,
+        sender: str,
+        timeout: float = 30.0,
+        type: str | None = None,  # noqa: A002
+        thread: str | None = None,
+    ) -> Message:
+        """Send a request and wait for the agent's reply (needs a running app to handle it).
+
+        Raises:
+            RequestTimeoutError: No reply within ``timeout`` seconds; names the recipient.
+        """
+        if timeout <= 0:
+            raise InvalidRequestError(f"timeout must be positive, not {timeout!r}")
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        async with self._ledger.transaction() as tx:
+            message_id = await self.stage_send(tx, sender, to, body, type=type, thread=thread, expects_reply=True)
+            self._waiting[message_id.bytes] = future
+        try:
+            self.after_commit(tx)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"agent {agent_id(to)!r} did not reply within {timeout:g} s (request {message_id}); "
+                "is an app running that handles it?"
+            ) from None
+        finally:
+            self._waiting.pop(message_id.bytes, None)
+
+    async def reply(self, message: Message, body: Any, *, sender: str, type: str | None = None) -> Event:  # noqa: A002
+        """Answer a request from outside a handler (handlers use their context's ``reply``)."""
+        async with self._ledger.transaction() as tx:
+            reply_id = await self.stage_reply(tx, sender, message, body, type=type)
+        self.after_commit(tx)
+        (event,) = [e for e in tx.events if e.id == reply_id]
+        return event
+
+    def depth(self, agent: str) -> int:
+        """Messages waiting in an agent's mailbox (blocking read the first time)."""
+        aid = agent_id(agent)
+        depth = self._depth.get(aid)
+        if depth is None:
+            depth = self._depth[aid] = self._store.mailbox_depth(aid)
+        return depth
+
+    # -- staging (used by the API above and by handler contexts) ---------------------------
+
+    async def stage_send(
+        self,
+        tx: Transaction,
+        sender: str,
+        to: str,
+        body: Any,
+        *,
+        type: str | None = None,  # noqa: A002
+        thread: str | None = None,
+        expects_reply: bool = False,
+        in_reply_to: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """Stage a message to an agent (or, for a reply, to any principal) in ``tx``."""
+        to_agent = None
+        if to.startswith(("human:", "service:", "source:")) or to == "system":
+            if in_reply_to is None:
+                raise InvalidRequestError(f"messages go to agents; {to!r} can only receive replies")
+            recipient = to
+        else:
+            to_agent = agent_id(to)
+            recipient = f"agent:{to_agent}"
+            self._agents.require_reachable(to_agent)
+            await self._check_policy(sender, "message:send", recipient)
+            if self.depth(to_agent) + _staged_for(tx, to_agent) >= self._capacity:
+                raise MailboxFullError(
+                    f"the mailbox of agent {to_agent!r} is full ({self._capacity} messages waiting); retry later"
+                )
+        meta: dict[str, Any] = {"to": recipient}
+        if type is not None:
+            meta["type"] = type
+        if expects_reply:
+            meta["expects_reply"] = True
+        if in_reply_to is not None:
+            meta["in_reply_to"] = str(in_reply_to)
+        causes = [in_reply_to] if in_reply_to is not None else []
+        message_id = tx.append("message.sent", actor=sender, content=body, meta=meta, thread=thread, causes=causes)
+        if to_agent is not None:
+            tx.project(MailboxPut(to_agent, message_id.bytes, sender))
+        return message_id
+
+    async def stage_reply(
+        self,
+        tx: Transaction,
+        sender: str,
+        message: Message,
+        body: Any,
+        *,
+        type: str | None = None,  # noqa: A002
+    ) -> uuid.UUID:
+        """Stage the reply to ``message`` (to its sender, caused by it, in its thread)."""
+        return await self.stage_send(
+            tx, sender, message.sender, body, type=type, thread=message.thread, in_reply_to=message.id
+        )
+
+    async def stage_publish(
+        self,
+        tx: Transaction,
+        sender: str,
+        topic: str,
+        body: Any,
+        *,
+        type: str | None = None,  # noqa: A002
+        thread: str | None = None,
+    ) -> uuid.UUID:
+        """Stage a published message and queue it for every matching subscriber."""
+        check_topic(topic)
+        await self._check_policy(sender, "message:send", f"topic:{topic}")
+        recipients = []
+        for agent in await self._subscribers(topic):
+            if self._agents.status(agent) in ("retired", None):
+                continue
+            if self.depth(agent) + _staged_for(tx, agent) >= self._capacity:
+                raise MailboxFullError(
+                    f"the mailbox of agent {agent!r}, subscribed to {topic!r}, is full; retry the publish later"
+                )
+            recipients.append(agent)
+        meta: dict[str, Any] = {"topic": topic, "recipients": len(recipients)}
+        if type is not None:
+            meta["type"] = type
+        message_id = tx.append("message.published", actor=sender, content=body, meta=meta, thread=thread)
+        for agent in recipients:
+            tx.project(MailboxPut(agent, message_id.bytes, sender))
+        return message_id
+
+    async def _check_policy(self, principal: str, action: str, resource: str) -> None:
+        if self.policy is None:
+            return
+        reason = self.policy(PolicyRequest(principal, action, resource))
+        if reason is None:
+            return
+        await self._ledger.append(
+            "policy.denied",
+            actor="system",
+            meta={"principal": principal, "action": action, "resource": resource, "reason": reason},
+        )
+        raise PolicyDeniedError(f"{principal} may not {action} {resource}: {reason}")
+
+    async def check_delivery(self, sender: str, recipient: str) -> str | None:
+        """The policy's reason to refuse delivering ``sender``'s message to ``recipient`` (recorded), or None."""
+        try:
+            await self._check_policy(sender, "message:deliver", recipient)
+        except PolicyDeniedError as exc:
+            return str(exc)
+        return None
+
+    async def _subscribers(self, topic: str) -> list[str]:
+        if self._subscriptions is None:
+            rows = await asyncio.to_thread(self._store.subscriptions)
+            table: dict[str, list[str]] = {}
+            for agent, topics in rows:
+                for pattern in json.loads(topics):
+                    table.setdefault(pattern, []).append(agent)
+            self._subscriptions = table
+        found: list[str] = []
+        for pattern, agents in self._subscriptions.items():
+            if matches(pattern, topic):
+                found.extend(a for a in agents if a not in found)
+        return found
+
+    # -- after a commit ---------------------------------------------------------------------
+
+    def after_commit(self, tx: Transaction) -> None:
+        """Update mailbox depths, wake the runtime for new mail, and hand replies to waiting requests."""
+        woken: set[str] = set()
+        for op in tx.ops:
+            if isinstance(op, MailboxPut):
+                woken.add(op.agent)
+                if op.agent in self._depth:
+                    self._depth[op.agent] += 1
+            elif isinstance(op, MailboxAck | MailboxDead) and op.agent in self._depth:
+                self._depth[op.agent] = max(0, self._depth[op.agent] - 1)
+        if self._waiting:
+            for event in tx.events:
+                if event.kind != "message.sent":
+                    continue
+                answered = event.meta.get("in_reply_to")
+                if isinstance(answered, str):
+                    future = self._waiting.get(uuid.UUID(answered).bytes)
+                    if future is not None and not future.done():
+                        future.set_result(Message.from_event(event))
+        if woken:
+            for callback in self._mail_listeners:
+                callback(woken)
+
+    def on_mail(self, callback: Callable[[set[str]], None]) -> None:
+        """Call ``callback(agents)`` after a commit queues messages for ``agents``."""
+        self._mail_listeners.append(callback)
+
+    def _lifecycle(self, agent: str, status: str) -> None:
+        if status == "subscribed":
+            self._subscriptions = None  # reloaded on the next publish
+        elif status == "retired":
+            self._depth.pop(agent, None)
+
+
+def _staged_for(tx: Transaction, agent: str) -> int:
+    return sum(1 for op in tx.ops if isinstance(op, MailboxPut) and op.agent == agent)

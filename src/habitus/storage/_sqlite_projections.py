@@ -1,0 +1,143 @@
+"""The agent projections in SQLite: schema, applying ops, and reads."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from habitus.errors import IntegrityError
+from habitus.storage._projections import (
+    AgentPut,
+    AgentRow,
+    AgentStatus,
+    MailboxAck,
+    MailboxDead,
+    MailboxPut,
+    MailboxRetry,
+    MailboxRow,
+    Op,
+    StateDelete,
+    StatePut,
+    TimerDelete,
+    TimerPut,
+    TimerRow,
+)
+
+__all__ = ["SCHEMA", "apply_ops", "read_agent", "read_agents", "read_mailbox", "read_state", "read_timers"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, labels TEXT NOT NULL,
+    behaviour TEXT NOT NULL, topics TEXT NOT NULL, status TEXT NOT NULL,
+    spawned_seq INTEGER NOT NULL, updated_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agent_state (
+    agent TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (agent, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mailbox (
+    agent TEXT NOT NULL, msg INTEGER NOT NULL, sender TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, not_before INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0, error TEXT,
+    PRIMARY KEY (agent, msg)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS timers (
+    timer TEXT PRIMARY KEY, agent TEXT NOT NULL, due INTEGER NOT NULL, set_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
+"""
+
+_AGENT_COLUMNS = "agent, name, owner, labels, behaviour, topics, status, spawned_seq, updated_seq"
+_MAIL_COLUMNS = "agent, msg, sender, attempts, not_before, dead, error"
+
+
+def _seq(seq_of: dict[bytes, int], event: bytes) -> int:
+    seq = seq_of.get(event)
+    if seq is None:
+        raise IntegrityError("a projection change names an event that is not in its transaction")
+    return seq
+
+
+def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, int]) -> None:
+    """Apply projection ops inside the caller's transaction, in order."""
+    mail: list[tuple[str, int, str]] = []
+    for op in ops:
+        if isinstance(op, MailboxPut):
+            mail.append((op.agent, _seq(seq_of, op.event), op.sender))
+            continue
+        if mail:
+            conn.executemany("INSERT INTO mailbox (agent, msg, sender) VALUES (?, ?, ?)", mail)
+            mail = []
+        if isinstance(op, MailboxAck):
+            conn.execute("DELETE FROM mailbox WHERE agent = ? AND msg = ?", (op.agent, op.msg))
+        elif isinstance(op, StatePut):
+            conn.execute(
+                "INSERT OR REPLACE INTO agent_state (agent, key, value, seq) VALUES (?, ?, ?, ?)",
+                (op.agent, op.key, op.value, _seq(seq_of, op.event)),
+            )
+        elif isinstance(op, StateDelete):
+            conn.execute("DELETE FROM agent_state WHERE agent = ? AND key = ?", (op.agent, op.key))
+        elif isinstance(op, AgentPut):
+            seq = _seq(seq_of, op.event)
+            conn.execute(
+                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (op.agent, op.name, op.owner, op.labels, op.behaviour, op.topics, op.status, seq, seq),
+            )
+        elif isinstance(op, AgentStatus):
+            conn.execute(
+                "UPDATE agents SET status = ?, updated_seq = ? WHERE agent = ?",
+                (op.status, _seq(seq_of, op.event), op.agent),
+            )
+        elif isinstance(op, MailboxRetry):
+            conn.execute(
+                "UPDATE mailbox SET attempts = ?, not_before = ?, error = ? WHERE agent = ? AND msg = ?",
+                (op.attempts, op.not_before, op.error, op.agent, op.msg),
+            )
+        elif isinstance(op, MailboxDead):
+            conn.execute(
+                "UPDATE mailbox SET attempts = ?, dead = 1, error = ? WHERE agent = ? AND msg = ?",
+                (op.attempts, op.error, op.agent, op.msg),
+            )
+        elif isinstance(op, TimerPut):
+            conn.execute(
+                "INSERT OR REPLACE INTO timers (timer, agent, due, set_seq) VALUES (?, ?, ?, ?)",
+                (op.timer, op.agent, op.due, _seq(seq_of, op.event)),
+            )
+        else:
+            assert isinstance(op, TimerDelete)
+            conn.execute("DELETE FROM timers WHERE timer = ?", (op.timer,))
+    if mail:
+        conn.executemany("INSERT INTO mailbox (agent, msg, sender) VALUES (?, ?, ?)", mail)
+
+
+def read_agent(conn: sqlite3.Connection, agent: str) -> AgentRow | None:
+    """One agent's row."""
+    row = conn.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent = ?", (agent,)).fetchone()
+    return AgentRow(*row) if row else None
+
+
+def read_agents(conn: sqlite3.Connection, after: str | None, limit: int) -> list[AgentRow]:
+    """Agents in id order after ``after``."""
+    rows = conn.execute(
+        f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent > ? ORDER BY agent LIMIT ?", (after or "", limit)
+    ).fetchall()
+    return [AgentRow(*r) for r in rows]
+
+
+def read_state(conn: sqlite3.Connection, agent: str) -> dict[str, str]:
+    """An agent's state, key to JSON text."""
+    return dict(conn.execute("SELECT key, value FROM agent_state WHERE agent = ?", (agent,)).fetchall())
+
+
+def read_mailbox(conn: sqlite3.Connection, agent: str, after: int, limit: int, dead: bool) -> list[MailboxRow]:
+    """Queued or dead messages of one agent, in seq order."""
+    rows = conn.execute(
+        f"SELECT {_MAIL_COLUMNS} FROM mailbox WHERE agent = ? AND msg > ? AND dead = ? ORDER BY msg LIMIT ?",
+        (agent, after, int(dead), limit),
+    ).fetchall()
+    return [MailboxRow(a, m, s, att, nb, bool(d), e) for a, m, s, att, nb, d, e in rows]
+
+
+def read_timers(conn: sqlite3.Connection) -> list[TimerRow]:
+    """Pending timers, earliest first."""
+    return [TimerRow(*r) for r in conn.execute("SELECT timer, agent, due, set_seq FROM timers ORDER BY due")]
