@@ -65,3 +65,25 @@ def test_readme_python_example_runs(
     exec(compile(blocks[0], "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert out == ["['message.sent']", "True"]
+
+
+def test_the_agent_examples_define_working_apps(tmp_path: Path) -> None:
+    import asyncio
+
+    from habitus import App, Habitat
+
+    for doc, expected in ((DOCS / "agents.md", ["Scout", "planner"]), (README, ["Greeter"])):
+        blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.DOTALL)
+        namespace: dict[str, object] = {}
+        exec(compile(blocks[0] if doc != README else blocks[1], str(doc), "exec"), namespace)
+        app = namespace["app"]
+        assert isinstance(app, App) and app.behaviours == expected
+
+    async def greet() -> str:
+        settings = Settings.resolve(config_file=None, environ={}, path=tmp_path / "h")
+        async with await Habitat.init(settings.path, settings=settings) as hab:
+            await hab.start(app)
+            reply = await hab.messages.request("greeter", "Ada", sender="human:ada", type="greet", timeout=5)
+            return str(reply.body)
+
+    assert asyncio.run(greet()) == "hello Ada, visitor number 1"
