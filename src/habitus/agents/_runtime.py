@@ -191,7 +191,11 @@ class Runtime:
         activation.task = self._spawn_task(self._run_activation(activation))
 
     def _passivate(self, activation: _Activation) -> None:
-        self._active.pop(activation.agent, None)
+        if self._active.get(activation.agent) is activation:
+            del self._active[activation.agent]
+        if activation.wake.is_set() and not self._stopping:
+            # Woken while leaving (new mail, or resumed): start over rather than strand the mail.
+            self._waiting[activation.agent] = None
         while self._waiting and len(self._active) < self._options.max_active and not self._stopping:
             agent = next(iter(self._waiting))
             del self._waiting[agent]
@@ -211,7 +215,8 @@ class Runtime:
                     try:
                         await asyncio.wait_for(activation.wake.wait(), self._options.idle_seconds)
                     except TimeoutError:
-                        return
+                        if not activation.wake.is_set():  # mail may have come while the timeout was delivered
+                            return
                     continue
                 events = {r[0]: r for r in self._store.rows_by_seq([m.msg for m in rows])}
                 for row in rows:
@@ -298,22 +303,19 @@ class Runtime:
         while not self._stopping:
             self._timers_wake.clear()
             now = time.time_ns() // 1000
-            timers = self._store.timers()
+            timers = self._store.timers(until=now, limit=256)
             fired = 0
-            next_due: int | None = None
+            next_due = self._store.next_timer_due()
             for timer in timers:
-                if timer.due > now:
-                    next_due = timer.due
-                    break
                 status = self._agents.status(timer.agent)
                 if status in ("suspended", None):
                     continue
                 await self._fire(timer.timer, timer.agent, timer.due, timer.set_seq, retired=status == "retired")
                 fired += 1
-            if fired:
+            if fired == len(timers) and fired:
                 continue
             wait = self._options.timer_poll
-            if next_due is not None:
+            if next_due is not None and next_due > now:
                 wait = min(wait, max(0.0, (next_due - time.time_ns() // 1000) / 1_000_000))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._timers_wake.wait(), wait)

@@ -221,6 +221,10 @@ class ProjectionStore(Protocol):
         """Agents with at least one queued message."""
         ...
 
-    def timers(self) -> list[TimerRow]:
-        """Every pending timer, earliest first."""
+    def timers(self, *, until: int | None = None, limit: int = 1_000_000) -> list[TimerRow]:
+        """Pending timers due at or before ``until`` (all when None), earliest first."""
+        ...
+
+    def next_timer_due(self) -> int | None:
+        """When the earliest pending timer is due, if any."""
         ...

@@ -443,9 +443,14 @@ class SQLiteStore:
         """Agents with at least one queued message."""
         return [r[0] for r in self._all_rows("SELECT DISTINCT agent FROM mailbox WHERE dead = 0")]
 
-    def timers(self) -> list[TimerRow]:
-        """Every pending timer, earliest first."""
-        return self._read(read_timers)
+    def timers(self, *, until: int | None = None, limit: int = 1_000_000) -> list[TimerRow]:
+        """Pending timers due at or before ``until`` (UTC µs; all when None), earliest first."""
+        return self._read(lambda c: read_timers(c, until, limit))
+
+    def next_timer_due(self) -> int | None:
+        """When the earliest pending timer is due, if any."""
+        value = self._all_rows("SELECT min(due) FROM timers")[0][0]
+        return int(value) if value is not None else None
 
 
 def _lenient_text(raw: bytes) -> str:

@@ -138,6 +138,10 @@ def read_mailbox(conn: sqlite3.Connection, agent: str, after: int, limit: int, d
     return [MailboxRow(a, m, s, att, nb, bool(d), e) for a, m, s, att, nb, d, e in rows]
 
 
-def read_timers(conn: sqlite3.Connection) -> list[TimerRow]:
-    """Pending timers, earliest first."""
-    return [TimerRow(*r) for r in conn.execute("SELECT timer, agent, due, set_seq FROM timers ORDER BY due")]
+def read_timers(conn: sqlite3.Connection, until: int | None, limit: int) -> list[TimerRow]:
+    """Pending timers due at or before ``until`` (all if None), earliest first."""
+    rows = conn.execute(
+        "SELECT timer, agent, due, set_seq FROM timers WHERE due <= ? ORDER BY due LIMIT ?",
+        (until if until is not None else 1 << 62, limit),
+    )
+    return [TimerRow(*r) for r in rows]
