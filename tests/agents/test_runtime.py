@@ -248,3 +248,22 @@ async def test_messages_wait_in_the_mailbox_until_an_app_runs(tmp_path: Path) ->
         await hab.start(build_app(), options=FAST)
         await eventually(lambda: _state_len(hab, "a", 5))
         assert (await hab.agents.count()) == 3  # the two declared agents the first run had not spawned
+
+
+async def test_mailbox_depths_stay_exact_while_agents_work(running: Habitat) -> None:
+    async def burst(agent: str) -> None:
+        for i in range(40):
+            await running.messages.send(agent, i, sender="human:ada")
+
+    await asyncio.gather(burst("a"), burst("b"))
+    await eventually(lambda: _state_len(running, "a", 40))
+    await eventually(lambda: _state_len(running, "b", 40))
+    for agent in ("a", "b", "c"):
+        assert running.messages.depth(agent) == 0
+    # a depth that drifted upwards would refuse this before capacity (50) is really reached
+    await running.agents.suspend("a")
+    for i in range(50):
+        await running.messages.send("a", i, sender="human:ada")
+    assert running.messages.depth("a") == 50
+    with pytest.raises(MailboxFullError):
+        await running.messages.send("a", "over", sender="human:ada")

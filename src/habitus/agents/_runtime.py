@@ -263,7 +263,6 @@ class Runtime:
         context._end(committed=True)
         if first:
             self._agents.cache_status(agent, "active")
-        self._messenger.after_commit(tx)
         if context.timers_set:
             self._timers_wake.set()
         self.delivered += 1
@@ -295,7 +294,6 @@ class Runtime:
                 causes=[message.id],
             )
             tx.project(MailboxDead(agent, row.msg, row.attempts + 1, error[:2000]))
-        self._messenger.after_commit(tx)
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -336,4 +334,3 @@ class Runtime:
                 )
                 tx.project(MailboxPut(agent, fired.bytes, "system"))
             tx.project(TimerDelete(timer))
-        self._messenger.after_commit(tx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -39,7 +39,8 @@ from habitus.ledger._signing import Signer
 from habitus.ledger._transaction import Transaction
 from habitus.ledger._verify import verify_store
 from habitus.ledger._writer import Batch, Sequencer, Writer
-from habitus.storage._abstract import CheckpointRow, EventQuery, LedgerStore
+from habitus.storage._abstract import CheckpointRow, EventQuery, LedgerStore, Row
+from habitus.storage._projections import Op
 
 __all__ = ["Ledger"]
 
@@ -65,6 +66,7 @@ class Ledger:
         self._prep = Preparer(store, signer=signer, limits=limits)
         self._writer: Writer | None = None
         self._committed: asyncio.Future[None] | None = None
+        self._listeners: list[Callable[[Sequence[Op], Sequence[Row]], None]] = []
 
     async def _start(self) -> None:
         """Load the tree head and start the writer (read-only ledgers start no writer)."""
@@ -191,10 +193,20 @@ class Ledger:
             raise HabitatClosedError("the habitat is closed; open it again to write")
         return self._writer
 
+    def on_commit(self, listener: Callable[[Sequence[Op], Sequence[Row]], None]) -> None:
+        """Call ``listener(ops, rows)`` on the event loop after every commit, in commit order.
+
+        For Habitus's own subsystems (mailbox depths, waking agents, replies):
+        every projection change is seen exactly once, whoever made it.
+        """
+        self._listeners.append(listener)
+
     def _on_commit(self, batches: list[Batch]) -> None:
         for batch in batches:
             for row in batch.rows:
                 self._prep.remember(row[1], row[0])
+            for listener in self._listeners:
+                listener(batch.ops, batch.rows)
         if self._committed is not None and not self._committed.done():
             self._committed.set_result(None)
         self._committed = None

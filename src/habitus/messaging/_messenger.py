@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +19,12 @@ from habitus.errors import (
 )
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._models import Event
+from habitus.ledger._rows import event_from_row
 from habitus.ledger._transaction import Transaction
 from habitus.messaging import _kinds  # noqa: F401  (registers the message kinds)
 from habitus.messaging._topics import check_topic, matches
-from habitus.storage._projections import MailboxAck, MailboxDead, MailboxPut
+from habitus.storage._abstract import Row
+from habitus.storage._projections import MailboxAck, MailboxDead, MailboxPut, Op
 from habitus.storage._sqlite import SQLiteStore
 
 __all__ = ["Messenger", "PolicyHook", "PolicyRequest"]
@@ -60,12 +62,15 @@ class Messenger:
         self._store = store
         self._agents = agents
         self._capacity = mailbox_capacity
-        self._depth: dict[str, int] = {}
+        # Exact depths of every mailbox, loaded once before this process writes and then kept by
+        # the commit listener: the only writer is this process, so nothing else changes them.
+        self._depth: dict[str, int] = {} if store.read_only else store.mailbox_depths()
         self._waiting: dict[bytes, asyncio.Future[Message]] = {}
         self._subscriptions: dict[str, list[str]] | None = None  # pattern -> agents
         self._mail_listeners: list[Callable[[set[str]], None]] = []
         self.policy: PolicyHook | None = None
         agents.listen(self._lifecycle)
+        ledger.on_commit(self._committed)
 
     # -- the public API ---------------------------------------------------------------------
 
@@ -88,7 +93,6 @@ class Messenger:
         """
         async with self._ledger.transaction() as tx:
             message_id = await self.stage_send(tx, sender, to, body, type=type, thread=thread)
-        self.after_commit(tx)
         (event,) = [e for e in tx.events if e.id == message_id]
         return event
 
@@ -104,7 +108,6 @@ class Messenger:
         """Publish to a topic: every agent subscribed to a matching pattern gets it queued."""
         async with self._ledger.transaction() as tx:
             message_id = await self.stage_publish(tx, sender, topic, body, type=type, thread=thread)
-        self.after_commit(tx)
         (event,) = [e for e in tx.events if e.id == message_id]
         return event
 
@@ -130,7 +133,6 @@ class Messenger:
             message_id = await self.stage_send(tx, sender, to, body, type=type, thread=thread, expects_reply=True)
             self._waiting[message_id.bytes] = future
         try:
-            self.after_commit(tx)
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise RequestTimeoutError(
@@ -144,17 +146,12 @@ class Messenger:
         """Answer a request from outside a handler (handlers use their context's ``reply``)."""
         async with self._ledger.transaction() as tx:
             reply_id = await self.stage_reply(tx, sender, message, body, type=type)
-        self.after_commit(tx)
         (event,) = [e for e in tx.events if e.id == reply_id]
         return event
 
     def depth(self, agent: str) -> int:
-        """Messages waiting in an agent's mailbox (blocking read the first time)."""
-        aid = agent_id(agent)
-        depth = self._depth.get(aid)
-        if depth is None:
-            depth = self._depth[aid] = self._store.mailbox_depth(aid)
-        return depth
+        """Messages waiting in an agent's mailbox."""
+        return max(0, self._depth.get(agent_id(agent), 0))
 
     # -- staging (used by the API above and by handler contexts) ---------------------------
 
@@ -279,25 +276,24 @@ class Messenger:
 
     # -- after a commit ---------------------------------------------------------------------
 
-    def after_commit(self, tx: Transaction) -> None:
-        """Update mailbox depths, wake the runtime for new mail, and hand replies to waiting requests."""
+    def _committed(self, ops: Sequence[Op], rows: Sequence[Row]) -> None:
+        """After every commit (in commit order): mailbox depths, wake-ups, replies to waiting requests."""
         woken: set[str] = set()
-        for op in tx.ops:
+        depth = self._depth
+        for op in ops:
             if isinstance(op, MailboxPut):
                 woken.add(op.agent)
-                if op.agent in self._depth:
-                    self._depth[op.agent] += 1
-            elif isinstance(op, MailboxAck | MailboxDead) and op.agent in self._depth:
-                self._depth[op.agent] = max(0, self._depth[op.agent] - 1)
+                depth[op.agent] = depth.get(op.agent, 0) + 1
+            elif isinstance(op, MailboxAck | MailboxDead):
+                depth[op.agent] = depth.get(op.agent, 0) - 1
         if self._waiting:
-            for event in tx.events:
-                if event.kind != "message.sent":
+            for row in rows:
+                if row[5] != "message.sent" or '"in_reply_to"' not in row[7]:
                     continue
-                answered = event.meta.get("in_reply_to")
-                if isinstance(answered, str):
-                    future = self._waiting.get(uuid.UUID(answered).bytes)
-                    if future is not None and not future.done():
-                        future.set_result(Message.from_event(event))
+                answered = json.loads(row[7])["in_reply_to"]
+                future = self._waiting.get(uuid.UUID(answered).bytes)
+                if future is not None and not future.done():
+                    future.set_result(Message.from_event(event_from_row(row)))
         if woken:
             for callback in self._mail_listeners:
                 callback(woken)
@@ -310,7 +306,7 @@ class Messenger:
         if status == "subscribed":
             self._subscriptions = None  # reloaded on the next publish
         elif status == "retired":
-            self._depth.pop(agent, None)
+            pass  # its queued messages were dead-lettered by the same commit (MailboxDead ops)
 
 
 def _staged_for(tx: Transaction, agent: str) -> int:

@@ -217,6 +217,10 @@ class ProjectionStore(Protocol):
         """How many messages wait in an agent's mailbox (dead letters excluded)."""
         ...
 
+    def mailbox_depths(self) -> dict[str, int]:
+        """Queued messages per agent, for every agent that has any."""
+        ...
+
     def agents_with_mail(self) -> list[str]:
         """Agents with at least one queued message."""
         ...

@@ -439,6 +439,11 @@ class SQLiteStore:
         """Queued messages of an agent, dead letters excluded."""
         return int(self._all_rows("SELECT count(*) FROM mailbox WHERE agent = ? AND dead = 0", (agent,))[0][0])
 
+    def mailbox_depths(self) -> dict[str, int]:
+        """Queued messages per agent, for every agent that has any."""
+        rows = self._all_rows("SELECT agent, count(*) FROM mailbox WHERE dead = 0 GROUP BY agent")
+        return {a: int(n) for a, n in rows}
+
     def agents_with_mail(self) -> list[str]:
         """Agents with at least one queued message."""
         return [r[0] for r in self._all_rows("SELECT DISTINCT agent FROM mailbox WHERE dead = 0")]
