@@ -72,12 +72,15 @@ def test_the_agent_examples_define_working_apps(tmp_path: Path) -> None:
 
     from habitus import App, Habitat
 
+    app: App | None = None
     for doc, expected in ((DOCS / "agents.md", ["Scout", "planner"]), (README, ["Greeter"])):
         blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.DOTALL)
         namespace: dict[str, object] = {}
         exec(compile(blocks[0] if doc != README else blocks[1], str(doc), "exec"), namespace)
-        app = namespace["app"]
-        assert isinstance(app, App) and app.behaviours == expected
+        found = namespace["app"]
+        assert isinstance(found, App) and found.behaviours == expected
+        app = found
+    assert app is not None
 
     async def greet() -> str:
         settings = Settings.resolve(config_file=None, environ={}, path=tmp_path / "h")

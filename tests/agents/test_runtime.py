@@ -267,3 +267,14 @@ async def test_mailbox_depths_stay_exact_while_agents_work(running: Habitat) -> 
     assert running.messages.depth("a") == 50
     with pytest.raises(MailboxFullError):
         await running.messages.send("a", "over", sender="human:ada")
+
+
+async def test_agents_waiting_for_a_slot_do_not_wait_for_others_to_idle(tmp_path: Path) -> None:
+    settings = Settings.resolve(config_file=None, environ={}, path=tmp_path / "h")
+    async with await Habitat.init(settings.path, settings=settings) as hab:
+        await hab.start(build_app(), options=RuntimeOptions(max_active=1, idle_seconds=60))
+        for agent in ("a", "b", "c"):
+            for i in range(3):
+                await hab.messages.send(agent, i, sender="human:ada")
+        for agent in ("a", "b", "c"):
+            await eventually(lambda agent=agent: _state_len(hab, agent, 3), timeout=5)  # type: ignore[misc]

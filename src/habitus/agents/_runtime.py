@@ -212,6 +212,8 @@ class Runtime:
                 activation.wake.clear()
                 rows = self._store.mailbox(agent, after=0, limit=self._options.batch)
                 if not rows:
+                    if self._waiting:
+                        return  # others wait for a slot: give this one up now rather than after idling
                     try:
                         await asyncio.wait_for(activation.wake.wait(), self._options.idle_seconds)
                     except TimeoutError:
