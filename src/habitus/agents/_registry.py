@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import re
 import uuid
@@ -20,7 +21,15 @@ from habitus.errors import (
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._transaction import Transaction
 from habitus.messaging._topics import check_topic
-from habitus.storage._projections import AgentPut, AgentRow, AgentStatus, MailboxDead, StateDelete, StatePut
+from habitus.storage._projections import (
+    AgentPut,
+    AgentRow,
+    AgentStatus,
+    MailboxDead,
+    MailboxRow,
+    StateDelete,
+    StatePut,
+)
 from habitus.storage._sqlite import SQLiteStore
 
 __all__ = ["Agents", "SpawnSpec", "agent_id", "info_from_row", "principal_of"]
@@ -213,6 +222,22 @@ class Agents:
         await self.get(aid)
         raw = await asyncio.to_thread(self._store.state, aid)
         return {k: json.loads(v) for k, v in raw.items()}
+
+    async def dead_letters(self, agent: str, *, limit: int = 100) -> tuple[builtins.list[MailboxRow], int]:
+        """The latest ``limit`` dead letters of an agent (oldest first) and how many it has in all."""
+        aid = agent_id(agent)
+        await self.get(aid)
+
+        def read() -> tuple[builtins.list[MailboxRow], int]:
+            latest: builtins.list[MailboxRow] = []
+            total, after = 0, 0
+            while rows := self._store.mailbox(aid, after=after, limit=10_000, dead=True):
+                total += len(rows)
+                latest = (latest + rows)[-limit:]
+                after = rows[-1].msg
+            return latest, total
+
+        return await asyncio.to_thread(read)
 
     def status(self, agent: str) -> str | None:
         """The agent's status, from the cache or the store (``None`` if unknown). Blocking read on a miss."""

@@ -24,6 +24,8 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +38,16 @@ from habitus.ledger._context import caused_by
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._rows import event_from_row
 from habitus.messaging._messenger import Messenger
-from habitus.storage._projections import MailboxAck, MailboxDead, MailboxPut, MailboxRetry, MailboxRow, TimerDelete
+from habitus.storage._abstract import Row
+from habitus.storage._projections import (
+    MailboxAck,
+    MailboxDead,
+    MailboxPut,
+    MailboxRetry,
+    MailboxRow,
+    Op,
+    TimerDelete,
+)
 from habitus.storage._sqlite import SQLiteStore
 
 __all__ = ["Runtime", "RuntimeOptions"]
@@ -72,7 +83,18 @@ class _Activation:
     context: AgentContext
     instance: Any
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    timed_out: bool = False
     task: asyncio.Task[None] | None = None
+    # (seq, event row, mailbox row or None for messages handed over at commit)
+    inbox: deque[tuple[int, Row, MailboxRow | None]] = field(default_factory=deque)
+    rescan: bool = True  # read the mailbox table before trusting the inbox
+    backlog: bool = False  # the table holds more than the inbox: hand-overs would jump the queue
+    last_acked: int = 0
+
+
+def _time_out(activation: _Activation) -> None:
+    activation.timed_out = True
+    activation.wake.set()
 
 
 class Runtime:
@@ -124,7 +146,7 @@ class Runtime:
                 )
         if missing:
             await self._agents.spawn_many(missing)
-        self._messenger.on_mail(self._on_mail)
+        self._ledger.on_commit(self._committed)
         self._agents.listen(self._on_lifecycle)
         self._spawn_task(self._timer_loop())
         self._on_mail(set(await asyncio.to_thread(self._store.agents_with_mail)))
@@ -152,6 +174,29 @@ class Runtime:
         return len(self._active)
 
     # -- scheduling -------------------------------------------------------------------------
+
+    def _committed(self, ops: Sequence[Op], rows: Sequence[Row]) -> None:
+        """After every commit: hand new messages to active agents, activate the others."""
+        if self._stopping:
+            return
+        by_id: dict[bytes, Row] | None = None
+        woken: set[str] = set()
+        for op in ops:
+            if not isinstance(op, MailboxPut):
+                continue
+            activation = self._active.get(op.agent)
+            if activation is None:
+                woken.add(op.agent)
+                continue
+            if not activation.backlog and not activation.rescan:
+                if by_id is None:
+                    by_id = {row[1]: row for row in rows}
+                stored = by_id.get(op.event)
+                if stored is not None:
+                    activation.inbox.append((stored[0], stored, None))
+            activation.wake.set()
+        if woken:
+            self._on_mail(woken)
 
     def _on_mail(self, agents: set[str]) -> None:
         if self._stopping:
@@ -203,41 +248,64 @@ class Runtime:
                 self._activate(agent)
 
     async def _run_activation(self, activation: _Activation) -> None:
+        """Deliver an agent's messages in order until it has none for ``idle_seconds``.
+
+        Messages committed by this process while the agent is active are handed
+        over from memory (see :meth:`_committed`); the mailbox table is read when
+        the activation starts, after a failure, and while it holds more than one
+        batch (``backlog``), so the order is always the mailbox's.
+        """
         agent = activation.agent
+        inbox = activation.inbox
         try:
             while not self._stopping:
-                status = self._agents.status(agent)
-                if status not in ("spawned", "active"):
+                if self._agents.status(agent) not in ("spawned", "active"):
                     return
-                activation.wake.clear()
-                rows = self._store.mailbox(agent, after=0, limit=self._options.batch)
-                if not rows:
+                if activation.rescan and not inbox:
+                    rows = self._store.mailbox(agent, after=0, limit=self._options.batch)
+                    events = {r[0]: r for r in self._store.rows_by_seq([m.msg for m in rows])} if rows else {}
+                    inbox.extend((m.msg, events[m.msg], m) for m in rows if m.msg in events)
+                    activation.backlog = len(rows) == self._options.batch
+                    activation.rescan = activation.backlog
+                if not inbox:
                     if self._waiting:
                         return  # others wait for a slot: give this one up now rather than after idling
-                    try:
-                        await asyncio.wait_for(activation.wake.wait(), self._options.idle_seconds)
-                    except TimeoutError:
-                        if not activation.wake.is_set():  # mail may have come while the timeout was delivered
-                            return
-                    continue
-                events = {r[0]: r for r in self._store.rows_by_seq([m.msg for m in rows])}
-                for row in rows:
-                    if self._stopping or self._agents.status(agent) not in ("spawned", "active"):
+                    if not await self._idle(activation):
                         return
-                    delay = (row.not_before - time.time_ns() // 1000) / 1_000_000
-                    if delay > 0:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(activation.wake.wait(), delay)
-                        break
-                    stored = events.get(row.msg)
-                    if stored is None:
-                        continue
-                    if not await self._deliver(
-                        activation, row, Message.from_event(event_from_row(stored), attempt=row.attempts + 1)
-                    ):
-                        break
+                    continue
+                seq, stored, mail = inbox.popleft()
+                if seq <= activation.last_acked:
+                    continue  # handed over twice (read from the table and from a commit)
+                if mail is not None and mail.not_before > time.time_ns() // 1000:
+                    inbox.clear()
+                    activation.rescan = True
+                    activation.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(activation.wake.wait(), (mail.not_before - time.time_ns() // 1000) / 1e6)
+                    continue
+                attempts = mail.attempts if mail is not None else 0
+                row = mail or MailboxRow(agent, seq, "", 0, 0, False, None)
+                message = Message.from_event(event_from_row(stored), attempt=attempts + 1)
+                if await self._deliver(activation, row, message):
+                    activation.last_acked = seq
+                else:
+                    inbox.clear()
+                    activation.rescan = True
         finally:
             self._passivate(activation)
+
+    async def _idle(self, activation: _Activation) -> bool:
+        """Wait for work; False when ``idle_seconds`` pass without any (time to passivate)."""
+        activation.wake.clear()
+        if activation.inbox or activation.rescan:
+            return True
+        activation.timed_out = False
+        timer = asyncio.get_running_loop().call_later(self._options.idle_seconds, _time_out, activation)
+        try:
+            await activation.wake.wait()
+        finally:
+            timer.cancel()
+        return not activation.timed_out or bool(activation.inbox) or activation.rescan
 
     # -- delivering -------------------------------------------------------------------------
 

@@ -62,9 +62,10 @@ class Messenger:
         self._store = store
         self._agents = agents
         self._capacity = mailbox_capacity
-        # Exact depths of every mailbox, loaded once before this process writes and then kept by
-        # the commit listener: the only writer is this process, so nothing else changes them.
-        self._depth: dict[str, int] = {} if store.read_only else store.mailbox_depths()
+        # Exact depths of every mailbox, loaded on first use (one snapshot, with the seq it was taken
+        # at) and then kept by the commit listener: this process is the only writer.
+        self._depth: dict[str, int] | None = None
+        self._depth_seq = 0
         self._waiting: dict[bytes, asyncio.Future[Message]] = {}
         self._subscriptions: dict[str, list[str]] | None = None  # pattern -> agents
         self._mail_listeners: list[Callable[[set[str]], None]] = []
@@ -150,8 +151,13 @@ class Messenger:
         return event
 
     def depth(self, agent: str) -> int:
-        """Messages waiting in an agent's mailbox."""
-        return max(0, self._depth.get(agent_id(agent), 0))
+        """Messages waiting in an agent's mailbox (dead letters excluded)."""
+        aid = agent_id(agent)
+        if self._store.read_only:
+            return self._store.mailbox_depth(aid)  # another process writes: read what it committed
+        if self._depth is None:
+            self._depth_seq, self._depth = self._store.mailbox_depths()
+        return max(0, self._depth.get(aid, 0))
 
     # -- staging (used by the API above and by handler contexts) ---------------------------
 
@@ -280,11 +286,15 @@ class Messenger:
         """After every commit (in commit order): mailbox depths, wake-ups, replies to waiting requests."""
         woken: set[str] = set()
         depth = self._depth
+        # A commit whose events the depth snapshot already saw must not be counted twice.
+        if depth is not None and rows and rows[-1][0] <= self._depth_seq:
+            depth = None
         for op in ops:
             if isinstance(op, MailboxPut):
                 woken.add(op.agent)
-                depth[op.agent] = depth.get(op.agent, 0) + 1
-            elif isinstance(op, MailboxAck | MailboxDead):
+                if depth is not None:
+                    depth[op.agent] = depth.get(op.agent, 0) + 1
+            elif isinstance(op, MailboxAck | MailboxDead) and depth is not None:
                 depth[op.agent] = depth.get(op.agent, 0) - 1
         if self._waiting:
             for row in rows:

@@ -217,8 +217,8 @@ class ProjectionStore(Protocol):
         """How many messages wait in an agent's mailbox (dead letters excluded)."""
         ...
 
-    def mailbox_depths(self) -> dict[str, int]:
-        """Queued messages per agent, for every agent that has any."""
+    def mailbox_depths(self) -> tuple[int, dict[str, int]]:
+        """``(last seq, queued messages per agent)`` from one snapshot."""
         ...
 
     def agents_with_mail(self) -> list[str]:

@@ -439,10 +439,19 @@ class SQLiteStore:
         """Queued messages of an agent, dead letters excluded."""
         return int(self._all_rows("SELECT count(*) FROM mailbox WHERE agent = ? AND dead = 0", (agent,))[0][0])
 
-    def mailbox_depths(self) -> dict[str, int]:
-        """Queued messages per agent, for every agent that has any."""
-        rows = self._all_rows("SELECT agent, count(*) FROM mailbox WHERE dead = 0 GROUP BY agent")
-        return {a: int(n) for a, n in rows}
+    def mailbox_depths(self) -> tuple[int, dict[str, int]]:
+        """``(last seq, queued messages per agent)`` from one snapshot, for every agent that has any."""
+
+        def read(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
+            conn.execute("BEGIN")
+            try:
+                size = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+                rows = conn.execute("SELECT agent, count(*) FROM mailbox WHERE dead = 0 GROUP BY agent").fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return int(size), {a: int(n) for a, n in rows}
+
+        return self._read(read)
 
     def agents_with_mail(self) -> list[str]:
         """Agents with at least one queued message."""
