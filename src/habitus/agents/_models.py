@@ -89,7 +89,8 @@ class Message(BaseModel):
         topic = meta.get("topic") if event.kind == "message.published" else None
         kind_type = "timer" if event.kind == "timer.fired" else meta.get("type")
         reply = meta.get("in_reply_to")
-        return cls(
+        # Built from a committed event whose fields the ledger already checked: no re-validation.
+        return cls.model_construct(
             id=event.id,
             seq=event.seq,
             sender=event.actor,

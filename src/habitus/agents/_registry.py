@@ -36,6 +36,7 @@ __all__ = ["Agents", "SpawnSpec", "agent_id", "info_from_row", "principal_of"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
 _CACHE_MAX = 200_000
+_VALID_IDS: set[str] = set()  # ids already checked (bounded): sends check ids on every hop
 
 
 def agent_id(ref: str) -> str:
@@ -43,10 +44,14 @@ def agent_id(ref: str) -> str:
     if not isinstance(ref, str):
         raise InvalidRequestError(f"an agent is named by a string id, not {ref!r}")
     value = ref[6:] if ref.startswith("agent:") else ref
+    if value in _VALID_IDS:
+        return value
     if not _ID_RE.match(value):
         raise InvalidRequestError(
             f"agent id {ref!r} must start with a letter or digit and use only letters, digits and . _ : @ / + -"
         )
+    if len(_VALID_IDS) < _CACHE_MAX:
+        _VALID_IDS.add(value)
     return value
 
 

@@ -312,7 +312,9 @@ class Runtime:
     async def _deliver(self, activation: _Activation, row: MailboxRow, message: Message) -> bool:
         """Handle one message; True if it was acknowledged (or dead-lettered)."""
         agent = activation.agent
-        refusal = await self._messenger.check_delivery(message.sender, principal_of(agent))
+        refusal = None
+        if self._messenger.policy is not None:
+            refusal = await self._messenger.check_delivery(message.sender, principal_of(agent))
         if refusal is not None:
             await self._give_up(agent, row, message, f"refused by policy: {refusal}")
             return True
