@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import gc
 import hashlib
 import itertools
 import json
@@ -34,7 +33,6 @@ import platform
 import random
 import shutil
 import sqlite3
-import sys
 import tempfile
 import time
 import uuid
@@ -43,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import habitus
+from _common import Timer, fail, log, pct
 
 BATCH = 1000
 PRODUCERS = 4
@@ -64,24 +63,8 @@ ONE_ROW = "(" + ",".join("?" * 14) + ")"
 INSERT_ONE = "INSERT INTO events VALUES " + ONE_ROW
 ACTORS = [f"agent:a{i}" for i in range(50)]
 Row = tuple[Any, ...]
-_T0 = time.perf_counter()
 A = TypeVar("A")
 R = TypeVar("R")
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def fail(message: str) -> None:
-    print(f"FAILED: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(1)
-
-
-def pct(seconds: list[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank) of ``seconds``, in milliseconds."""
-    ordered = sorted(seconds)
-    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000, 3)
 
 
 def text(i: int) -> str:
@@ -91,20 +74,6 @@ def text(i: int) -> str:
 
 def thread(i: int) -> str | None:
     return f"task-{i % 997}" if i % 3 == 0 else None
-
-
-class Timer:
-    """Collect the garbage and freeze it before timing, so no pool is rescanned while timed."""
-
-    def __enter__(self) -> Timer:
-        gc.collect()
-        gc.freeze()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.seconds = time.perf_counter() - self.start
-        gc.unfreeze()
 
 
 def baseline_rows(count: int, rng: random.Random) -> list[Row]:

@@ -46,7 +46,6 @@ import asyncio
 import functools
 import gc
 import json
-import math
 import operator
 import os
 import platform
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import habitus
+from _common import Timer, fail, log, log_start, pct, set_log_start
 from habitus.agents import RuntimeOptions, SpawnSpec
 
 AGENTS = 1000
@@ -78,22 +78,6 @@ HOLD_TIMEOUT = 300.0  # seconds a waiting handler holds on before giving up
 STALL = 30.0  # seconds without progress before a wait fails
 LCG_A, LCG_C, LCG_M = 1_103_515_245, 12_345, 0x7FFF_FFFF
 SENDER = "human:bench"
-_T0 = time.monotonic()  # a child process is handed its parent's, so the log reads as one
-
-
-def log(message: str) -> None:
-    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def fail(message: str) -> None:
-    print(f"FAILED: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(1)
-
-
-def pct(seconds: list[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank) of ``seconds``, in milliseconds."""
-    ordered = sorted(seconds)
-    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000, 3)
 
 
 RSS_SOURCE = "/proc/self/statm" if Path("/proc/self/statm").exists() else "getrusage(RUSAGE_SELF).ru_maxrss (peak)"
@@ -112,20 +96,6 @@ def rss_bytes() -> int:
 
 def mib(n: int) -> float:
     return round(n / 2**20, 1)
-
-
-class Timer:
-    """Collect the garbage and freeze it before timing, so no pool is rescanned while timed."""
-
-    def __enter__(self) -> Timer:
-        gc.collect()
-        gc.freeze()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.seconds = time.perf_counter() - self.start
-        gc.unfreeze()
 
 
 def hop_target(me: int, state: int, n: int) -> tuple[int, int]:
@@ -489,7 +459,7 @@ async def run_phase(phase: str, n: int) -> dict[str, Any]:
 def child(phase: str, n: int) -> dict[str, Any]:
     """Run a memory phase in a fresh interpreter and return its figures."""
     done = subprocess.run(
-        [sys.executable, __file__, "--phase", phase, "--size", str(n), "--t0", repr(_T0)],
+        [sys.executable, __file__, "--phase", phase, "--size", str(n), "--t0", repr(log_start())],
         stdout=subprocess.PIPE,
         text=True,
         check=False,
@@ -550,8 +520,8 @@ def main() -> None:
     parser.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        global _T0  # the log's clock starts with the parent's
-        _T0 = args.t0 if args.t0 is not None else _T0
+        if args.t0 is not None:
+            set_log_start(args.t0)  # the log's clock starts with the parent's
         print(json.dumps(asyncio.run(run_phase(args.phase, args.size))))
         return
     hops = args.hops if args.hops is not None else (QUICK_HOPS if args.quick else HOPS)
@@ -572,7 +542,7 @@ def main() -> None:
     out.update(child("dormant", dormant))
     out.update(child("asyncio-dormant", min(dormant, BASELINE_DORMANT_MAX)))
     out["targets_met"] = {f"{key} {op} {bound:g}": COMPARE[op](out[key], bound) for key, op, bound in TARGETS}
-    out["total_s"] = round(time.monotonic() - _T0, 1)
+    out["total_s"] = round(time.monotonic() - log_start(), 1)
     if args.json:
         print(json.dumps(out, indent=2))
         return

@@ -34,7 +34,7 @@ from habitus.ledger._models import (
 )
 from habitus.ledger._prepare import LedgerLimits, Preparer, load_head
 from habitus.ledger._proofs import StoreNodes
-from habitus.ledger._rows import CommittedEvents, EventRef, as_uuid, event_from_row
+from habitus.ledger._rows import CommittedEvents, EventRef, as_uuid, draft_of, event_from_row
 from habitus.ledger._signing import Signer
 from habitus.ledger._transaction import Transaction
 from habitus.ledger._verify import verify_store
@@ -128,15 +128,7 @@ class Ledger:
             UnknownCauseError, ContentTooLargeError: The event is malformed;
                 nothing was written.
         """
-        draft = Draft.model_construct(
-            kind=kind,
-            actor=actor,
-            content=content,
-            meta=meta or {},
-            causes=tuple(as_uuid(c) for c in causes),
-            thread=thread,
-            at=at,
-        )
+        draft = draft_of(kind, actor, content, meta, causes, thread, at)
         return (await self.append_many([draft]))[0]
 
     async def append_many(self, drafts: Iterable[Draft]) -> Sequence[Event]:

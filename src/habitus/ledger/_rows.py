@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, overload
 
 from habitus.errors import InvalidRequestError
 from habitus.ledger._codec import CTYPE_NAMES, decode_content, from_micros
-from habitus.ledger._models import Event, fast_event, uuid_from_bytes
+from habitus.ledger._models import Draft, Event, fast_event, uuid_from_bytes
 from habitus.storage._abstract import Row
 
-__all__ = ["CommittedEvents", "EventRef", "as_uuid", "event_from_row", "loads_meta"]
+__all__ = ["CommittedEvents", "EventRef", "as_uuid", "draft_of", "event_from_row", "loads_meta"]
 
 EventRef = uuid.UUID | str | Event
 """An event named by its id (UUID or string) or the event itself."""
@@ -52,6 +53,27 @@ def event_from_row(row: Row) -> Event:
             "digest": digest.hex() if digest is not None else None,
             "erased": erased,
         }
+    )
+
+
+def draft_of(
+    kind: str,
+    actor: str,
+    content: Any,
+    meta: dict[str, Any] | None,
+    causes: Iterable[EventRef],
+    thread: str | None,
+    at: datetime | None,
+) -> Draft:
+    """A draft from ``append``'s arguments, unvalidated: the preparer checks every field itself."""
+    return Draft.model_construct(
+        kind=kind,
+        actor=actor,
+        content=content,
+        meta=meta or {},
+        causes=tuple(as_uuid(c) for c in causes),
+        thread=thread,
+        at=at,
     )
 
 

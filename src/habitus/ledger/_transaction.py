@@ -9,9 +9,9 @@ from typing import Any
 
 from habitus._ids import new_ids
 from habitus.errors import InvalidRequestError
-from habitus.ledger._models import Draft, Event
+from habitus.ledger._models import Event
 from habitus.ledger._prepare import Preparer
-from habitus.ledger._rows import EventRef, as_uuid
+from habitus.ledger._rows import EventRef, draft_of
 from habitus.storage._projections import Op
 
 __all__ = ["Transaction"]
@@ -53,15 +53,7 @@ class Transaction:
         """
         if self._events is not None:
             raise InvalidRequestError("this transaction has committed; start a new one to append more")
-        draft = Draft.model_construct(
-            kind=kind,
-            actor=actor,
-            content=content,
-            meta=meta or {},
-            causes=tuple(as_uuid(c) for c in causes),
-            thread=thread,
-            at=at,
-        )
+        draft = draft_of(kind, actor, content, meta, causes, thread, at)
         checked = self._prep.check(len(self._checked), draft)
         (id_,) = new_ids(1)
         self._checked.append(checked)

@@ -313,10 +313,9 @@ class Messenger:
         self._mail_listeners.append(callback)
 
     def _lifecycle(self, agent: str, status: str) -> None:
+        # Retiring needs nothing here: the same commit dead-lettered its mail (MailboxDead ops).
         if status == "subscribed":
             self._subscriptions = None  # reloaded on the next publish
-        elif status == "retired":
-            pass  # its queued messages were dead-lettered by the same commit (MailboxDead ops)
 
 
 def _staged_for(tx: Transaction, agent: str) -> int:
