@@ -9,9 +9,8 @@ users rarely wire causes by hand.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 from habitus.ledger._models import Event
@@ -36,26 +35,37 @@ def current_context() -> CausalContext:
     return _CONTEXT.get()
 
 
-@contextmanager
-def caused_by(*causes: Event | uuid.UUID | str, thread: str | None = None) -> Iterator[CausalContext]:
+class caused_by(AbstractContextManager[CausalContext]):  # noqa: N801 - used like a function
     """Make ``causes`` (and ``thread``) apply to every event appended inside the block.
 
     Contexts nest: inner causes are added to the outer ones, and an inner
-    thread replaces the outer one.
+    thread replaces the outer one. (A class rather than a generator: the
+    runtime enters one per delivered message.)
 
     Example:
         >>> with caused_by(request_event):  # doctest: +SKIP
         ...     await ledger.append("decision.made", actor="agent:planner", meta={"action": "go"})
     """
-    outer = _CONTEXT.get()
-    ids = list(outer.causes)
-    for cause in causes:
-        value = cause.id if isinstance(cause, Event) else cause if isinstance(cause, uuid.UUID) else uuid.UUID(cause)
-        if value not in ids:
-            ids.append(value)
-    context = CausalContext(tuple(ids), thread if thread is not None else outer.thread)
-    token = _CONTEXT.set(context)
-    try:
-        yield context
-    finally:
-        _CONTEXT.reset(token)
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, *causes: Event | uuid.UUID | str, thread: str | None = None) -> None:
+        outer = _CONTEXT.get()
+        ids = outer.causes
+        for cause in causes:
+            value = (
+                cause.id if isinstance(cause, Event) else cause if isinstance(cause, uuid.UUID) else uuid.UUID(cause)
+            )
+            if value not in ids:
+                ids = (*ids, value)
+        self._context = CausalContext(ids, thread if thread is not None else outer.thread)
+        self._token: Token[CausalContext] | None = None
+
+    def __enter__(self) -> CausalContext:
+        self._token = _CONTEXT.set(self._context)
+        return self._context
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _CONTEXT.reset(self._token)
+            self._token = None
