@@ -45,6 +45,37 @@ from habitus.storage._projections import Op
 __all__ = ["Ledger"]
 
 
+class TransactionScope:
+    """``async with ledger.transaction() as tx:`` — commits the staged events when the block ends.
+
+    (A class rather than an async generator: the runtime opens one per delivered message.)
+    """
+
+    __slots__ = ("_prep", "_tx", "_writer")
+
+    def __init__(self, writer: Writer, prep: Preparer) -> None:
+        self._writer = writer
+        self._prep = prep
+        self._tx = Transaction(prep)
+
+    async def __aenter__(self) -> Transaction:
+        return self._tx
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None:
+            return  # the block failed: nothing staged is written
+        tx = self._tx
+        checked, ids, staged, ops = tx._parts()
+        if not checked and not ops:
+            tx._done(CommittedEvents([]))
+            return
+        known = await self._prep.check_causes(checked, staged)
+        batch, events = self._prep.seal(checked, known, ids=ids, ops=ops)
+        self._writer.submit(batch)
+        await batch.future
+        tx._done(events)
+
+
 class Ledger:
     """The habitat's causal, tamper-evident event ledger (async API).
 
@@ -151,8 +182,7 @@ class Ledger:
         await future
         return events
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    def transaction(self) -> TransactionScope:
         """Stage events and commit them together, all or nothing, when the block ends.
 
         Example:
@@ -165,18 +195,7 @@ class Ledger:
         nothing is written. Events staged later may cite earlier ones by the id
         :meth:`Transaction.append` returned.
         """
-        writer = self._require_writer()
-        tx = Transaction(self._prep)
-        yield tx
-        checked, ids, staged, ops = tx._parts()
-        if not checked and not ops:
-            tx._done(CommittedEvents([]))
-            return
-        known = await self._prep.check_causes(checked, staged)
-        batch, events = self._prep.seal(checked, known, ids=ids, ops=ops)
-        writer.submit(batch)
-        await batch.future
-        tx._done(events)
+        return TransactionScope(self._require_writer(), self._prep)
 
     def _require_writer(self) -> Writer:
         if self._writer is None:
