@@ -34,7 +34,7 @@ from habitus.ledger._models import (
 )
 from habitus.ledger._prepare import LedgerLimits, Preparer, load_head
 from habitus.ledger._proofs import StoreNodes
-from habitus.ledger._rows import CommittedEvents, EventRef, as_uuid, draft_of, event_from_row
+from habitus.ledger._rows import CommittedEvents, EventRef, RawDraft, as_uuid, draft_of, event_from_row
 from habitus.ledger._signing import Signer
 from habitus.ledger._transaction import Transaction
 from habitus.ledger._verify import verify_store
@@ -160,7 +160,7 @@ class Ledger:
                 nothing was written.
         """
         draft = draft_of(kind, actor, content, meta, causes, thread, at)
-        return (await self.append_many([draft]))[0]
+        return (await self._append([draft]))[0]
 
     async def append_many(self, drafts: Iterable[Draft]) -> Sequence[Event]:
         """Append several events atomically, in order; durable when this returns.
@@ -170,8 +170,10 @@ class Ledger:
         sequence builds each :class:`Event` when it is first read, so bulk
         writers that do not look at the results do not pay for them.
         """
+        return await self._append(list(drafts))
+
+    async def _append(self, items: list[Draft | RawDraft]) -> Sequence[Event]:
         writer = self._require_writer()
-        items = list(drafts)
         if not items:
             return CommittedEvents([])
         checked = [self._prep.check(i, d) for i, d in enumerate(items)]

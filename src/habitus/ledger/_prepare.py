@@ -29,7 +29,7 @@ from habitus.ledger._kinds import get_kind
 from habitus.ledger._merkle import Frontier
 from habitus.ledger._models import Draft
 from habitus.ledger._proofs import rebuild_frontier
-from habitus.ledger._rows import CommittedEvents
+from habitus.ledger._rows import CommittedEvents, RawDraft
 from habitus.ledger._signing import Signer
 from habitus.ledger._writer import Batch, Sequencer
 from habitus.storage._abstract import CheckpointRow, LedgerStore, Row
@@ -97,7 +97,7 @@ class Preparer:
         self._recent: dict[bytes, int] = {}
         self.sequencer = Sequencer(0, 0, Frontier(), 0)
 
-    def check(self, index: int, draft: Draft) -> tuple[Any, ...]:
+    def check(self, index: int, draft: Draft | RawDraft) -> tuple[Any, ...]:
         where = f"event {index}" if index else "the event"
         spec = get_kind(draft.kind)
         actor = draft.actor
