@@ -12,17 +12,51 @@ import threading
 import time
 import uuid
 
-__all__ = ["new_ids", "uuid7_time_ms"]
+__all__ = ["new_ids", "random_bytes", "uuid7_time_ms"]
 
 _lock = threading.Lock()
 _state = [0, 0]  # last millisecond, counter within it
+_POOL_SIZE = 1 << 16
+
+
+class _Pool:
+    data = b""  # bytes from os.urandom
+    used = 0  # how many of them were handed out
+
+
+_pool = _Pool()
+
+
+def random_bytes(count: int) -> bytes:
+    """``count`` bytes from the OS's CSPRNG, served from a pool refilled 64 KiB at a time.
+
+    Ids and content salts need a few random bytes per event; one ``os.urandom``
+    call per event was a measurable share of a small append. After ``fork`` the
+    child must not reuse the parent's pool (``os.register_at_fork`` clears it).
+    """
+    if count > _POOL_SIZE // 4:
+        return os.urandom(count)
+    with _lock:
+        pool, used = _pool.data, _pool.used
+        if used + count > len(pool):
+            pool, used = os.urandom(_POOL_SIZE), 0
+            _pool.data = pool
+        _pool.used = used + count
+    return pool[used : used + count]
+
+
+def _forget_pool() -> None:
+    _pool.data, _pool.used = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def new_ids(count: int) -> list[bytes]:
     """Return ``count`` new UUIDv7 ids as 16-byte big-endian values, in increasing order."""
     if count <= 0:
         return []
-    rand = os.urandom(8 * count)
+    rand = random_bytes(8 * count)
     now = time.time_ns() // 1_000_000
     out: list[bytes] = []
     with _lock:

@@ -496,3 +496,13 @@ def test_transactions_from_the_sync_facade(sync_habitat: SyncHabitat) -> None:
         failed.append("note.recorded", actor="agent:s", content="never")
         _ = 1 / 0
     assert sync_habitat.ledger.count() == 3
+
+
+async def test_checked_meta_is_remembered_without_confusing_true_and_one(habitat: Habitat) -> None:
+    ledger = habitat.ledger
+    meta = {"to": "agent:b", "expects_reply": True}
+    for _ in range(2):  # the second append is served from the cache of checked metas
+        event = await ledger.append("message.sent", actor="human:a", content="x", meta=meta)
+        assert event.meta == meta
+    with pytest.raises(InvalidMetaError, match="expects_reply"):
+        await ledger.append("message.sent", actor="human:a", content="x", meta={"to": "agent:b", "expects_reply": 1})

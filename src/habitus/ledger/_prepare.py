@@ -8,7 +8,6 @@ writer will commit them (see :mod:`habitus.ledger._writer`).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 import uuid
@@ -16,7 +15,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from habitus._ids import new_ids
+from habitus._ids import new_ids, random_bytes
 from habitus.errors import (
     ContentTooLargeError,
     InvalidEventError,
@@ -77,6 +76,24 @@ def _valid(pattern: re.Pattern[str], text: str, seen: set[str]) -> bool:
     return True
 
 
+_ENCODED: dict[tuple[Any, ...], tuple[str, int]] = {}
+"""Canonical meta text of flat metas already checked: ``{"to": "agent:b", "type": "hop"}`` recurs on
+every message, and validating and encoding it again was a tenth of a delivery's cost."""
+
+
+def _meta_key(kind: str, meta: Any) -> tuple[Any, ...] | None:
+    """A hashable key for a meta of a few short scalar values, or None (then it is checked every time)."""
+    if not isinstance(meta, dict) or len(meta) > 8:
+        return None
+    key: list[Any] = [kind]
+    for name, value in meta.items():
+        kind_of = type(value)  # not isinstance: True and 1 must not share a key
+        if kind_of not in (str, int, bool) or (kind_of is str and len(value) > 256) or type(name) is not str:
+            return None
+        key.append((name, kind_of, value))
+    return tuple(key)
+
+
 def load_head(store: LedgerStore) -> tuple[int, int, Frontier, int]:
     """``(size, last ts, frontier, last checkpoint size)`` of a store; a reader gets an empty frontier."""
     size = store.size()
@@ -108,11 +125,18 @@ class Preparer:
             )
         if not isinstance(draft.meta, dict):
             raise InvalidMetaError(f"{where}: meta must be a JSON object (a dict), not {type(draft.meta).__name__}")
-        try:
-            meta = encode_meta(spec.validate_meta(draft.meta))
-            meta_size = len(meta) if meta.isascii() else len(meta.encode("utf-8"))
-        except (TypeError, ValueError) as exc:
-            raise InvalidMetaError(f"{where}: meta cannot be stored as JSON: {exc}") from None
+        key = _meta_key(draft.kind, draft.meta)
+        cached = _ENCODED.get(key) if key is not None else None
+        if cached is not None:
+            meta, meta_size = cached
+        else:
+            try:
+                meta = encode_meta(spec.validate_meta(draft.meta))
+                meta_size = len(meta) if meta.isascii() else len(meta.encode("utf-8"))
+            except (TypeError, ValueError) as exc:
+                raise InvalidMetaError(f"{where}: meta cannot be stored as JSON: {exc}") from None
+            if key is not None and len(_ENCODED) < 65_536:
+                _ENCODED[key] = (meta, meta_size)
         if meta_size > self._limits.max_meta_bytes:
             raise ContentTooLargeError(
                 f"{where}: meta is {meta_size} bytes, over the limit of {self._limits.max_meta_bytes}"
@@ -200,7 +224,7 @@ class Preparer:
             position: dict[bytes, int] = {}
         else:  # a transaction's ids, given when staged; its events may cite earlier ones
             position = {id_: i for i, id_ in enumerate(ids)}
-        salts = os.urandom(16 * n)
+        salts = random_bytes(16 * n)
         rows: list[Row] = []
         edges: list[tuple[int, int]] = []
         nodes: list[tuple[int, int, bytes]] = []
