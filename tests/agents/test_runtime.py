@@ -278,3 +278,20 @@ async def test_agents_waiting_for_a_slot_do_not_wait_for_others_to_idle(tmp_path
                 await hab.messages.send(agent, i, sender="human:ada")
         for agent in ("a", "b", "c"):
             await eventually(lambda agent=agent: _state_len(hab, agent, 3), timeout=5)  # type: ignore[misc]
+
+
+async def test_due_timers_of_suspended_agents_do_not_hold_back_the_others(running: Habitat) -> None:
+    from habitus.storage._projections import TimerPut
+
+    await running.agents.suspend("c")
+    async with running.ledger.transaction() as tx:  # more due timers than one pass of the timer loop reads
+        for i in range(300):
+            event = tx.append("timer.set", actor="agent:c", meta={"agent": "c", "timer": f"t{i}", "due": 1})
+            tx.project(TimerPut(f"c/t{i}", "c", 1, event.bytes))
+    await running.messages.send("a", 0.05, sender="human:ada", type="wake me")
+
+    async def fired() -> bool:
+        return any(e.meta["agent"] == "a" for e in (await running.ledger.query(kind="timer.fired")).events)
+
+    await eventually(fired)
+    assert not any(e.meta["agent"] == "c" for e in (await running.ledger.query(kind="timer.fired")).events)

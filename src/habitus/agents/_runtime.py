@@ -373,7 +373,7 @@ class Runtime:
         while not self._stopping:
             self._timers_wake.clear()
             now = time.time_ns() // 1000
-            timers = self._store.timers(until=now, limit=256)
+            timers = self._store.timers(until=now, limit=256, runnable=True)
             fired = 0
             next_due = self._store.next_timer_due()
             for timer in timers:

@@ -225,8 +225,9 @@ class ProjectionStore(Protocol):
         """Agents with at least one queued message."""
         ...
 
-    def timers(self, *, until: int | None = None, limit: int = 1_000_000) -> list[TimerRow]:
-        """Pending timers due at or before ``until`` (all when None), earliest first."""
+    def timers(self, *, until: int | None = None, limit: int = 1_000_000, runnable: bool = False) -> list[TimerRow]:
+        """Pending timers due at or before ``until`` (all when None), earliest first; ``runnable``
+        leaves out those of suspended agents."""
         ...
 
     def next_timer_due(self) -> int | None:

@@ -457,9 +457,12 @@ class SQLiteStore:
         """Agents with at least one queued message."""
         return [r[0] for r in self._all_rows("SELECT DISTINCT agent FROM mailbox WHERE dead = 0")]
 
-    def timers(self, *, until: int | None = None, limit: int = 1_000_000) -> list[TimerRow]:
-        """Pending timers due at or before ``until`` (UTC µs; all when None), earliest first."""
-        return self._read(lambda c: read_timers(c, until, limit))
+    def timers(self, *, until: int | None = None, limit: int = 1_000_000, runnable: bool = False) -> list[TimerRow]:
+        """Pending timers due at or before ``until`` (UTC µs; all when None), earliest first.
+
+        ``runnable`` leaves out the timers of suspended agents.
+        """
+        return self._read(lambda c: read_timers(c, until, limit, runnable=runnable))
 
     def next_timer_due(self) -> int | None:
         """When the earliest pending timer is due, if any."""

@@ -138,10 +138,18 @@ def read_mailbox(conn: sqlite3.Connection, agent: str, after: int, limit: int, d
     return [MailboxRow(a, m, s, att, nb, bool(d), e) for a, m, s, att, nb, d, e in rows]
 
 
-def read_timers(conn: sqlite3.Connection, until: int | None, limit: int) -> list[TimerRow]:
-    """Pending timers due at or before ``until`` (all if None), earliest first."""
-    rows = conn.execute(
-        "SELECT timer, agent, due, set_seq FROM timers WHERE due <= ? ORDER BY due LIMIT ?",
-        (until if until is not None else 1 << 62, limit),
-    )
+def read_timers(conn: sqlite3.Connection, until: int | None, limit: int, *, runnable: bool) -> list[TimerRow]:
+    """Pending timers due at or before ``until`` (all if None), earliest first.
+
+    With ``runnable``, timers of suspended agents are left out: they wait for the
+    agent to be resumed and must not hide the timers behind them.
+    """
+    if runnable:
+        sql = (
+            "SELECT t.timer, t.agent, t.due, t.set_seq FROM timers t JOIN agents a ON a.agent = t.agent "
+            "WHERE t.due <= ? AND a.status != 'suspended' ORDER BY t.due LIMIT ?"
+        )
+    else:
+        sql = "SELECT timer, agent, due, set_seq FROM timers WHERE due <= ? ORDER BY due LIMIT ?"
+    rows = conn.execute(sql, (until if until is not None else 1 << 62, limit))
     return [TimerRow(*r) for r in rows]
