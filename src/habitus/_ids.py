@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
-__all__ = ["new_ids", "random_bytes", "uuid7_time_ms"]
+__all__ = ["new_ids", "random_bytes"]
 
 _lock = threading.Lock()
 _state = [0, 0]  # last millisecond, counter within it
@@ -73,8 +72,3 @@ def new_ids(count: int) -> list[bytes]:
             out.append(value.to_bytes(16, "big"))
         _state[0], _state[1] = ms, counter
     return out
-
-
-def uuid7_time_ms(value: uuid.UUID) -> int:
-    """Milliseconds since the Unix epoch encoded in a UUIDv7."""
-    return value.int >> 80

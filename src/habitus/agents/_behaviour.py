@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Agent", "App", "Behaviour", "FunctionHandler", "handles"]
 
-Handler = Callable[[Message], Awaitable[None]]
 FunctionHandler = Callable[["AgentContext", Message], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 

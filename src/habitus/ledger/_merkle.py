@@ -74,10 +74,6 @@ class Frontier:
         self.size = size
         self._stack: list[tuple[int, bytes]] = list(stack)
 
-    def copy(self) -> Frontier:
-        """Return an independent copy (used to roll back a failed commit)."""
-        return Frontier(self.size, self._stack)
-
     def append(self, leaf: bytes, completed: list[tuple[int, int, bytes]]) -> None:
         """Add one leaf hash; append newly completed storable nodes to ``completed``."""
         stack = self._stack

@@ -68,7 +68,6 @@ class Messenger:
         self._depth_seq = 0
         self._waiting: dict[bytes, asyncio.Future[Message]] = {}
         self._subscriptions: dict[str, list[str]] | None = None  # pattern -> agents
-        self._mail_listeners: list[Callable[[set[str]], None]] = []
         self.policy: PolicyHook | None = None
         agents.listen(self._lifecycle)
         ledger.on_commit(self._committed)
@@ -285,19 +284,17 @@ class Messenger:
     # -- after a commit ---------------------------------------------------------------------
 
     def _committed(self, ops: Sequence[Op], rows: Sequence[Row]) -> None:
-        """After every commit (in commit order): mailbox depths, wake-ups, replies to waiting requests."""
-        woken: set[str] = set()
+        """After every commit (in commit order): mailbox depths and replies to waiting requests."""
         depth = self._depth
         # A commit whose events the depth snapshot already saw must not be counted twice.
         if depth is not None and rows and rows[-1][0] <= self._depth_seq:
             depth = None
-        for op in ops:
-            if isinstance(op, MailboxPut):
-                woken.add(op.agent)
-                if depth is not None:
+        if depth is not None:
+            for op in ops:
+                if isinstance(op, MailboxPut):
                     depth[op.agent] = depth.get(op.agent, 0) + 1
-            elif isinstance(op, MailboxAck | MailboxDead) and depth is not None:
-                depth[op.agent] = depth.get(op.agent, 0) - 1
+                elif isinstance(op, MailboxAck | MailboxDead):
+                    depth[op.agent] = depth.get(op.agent, 0) - 1
         if self._waiting:
             for row in rows:
                 if row[5] != "message.sent" or '"in_reply_to"' not in row[7]:
@@ -306,13 +303,6 @@ class Messenger:
                 future = self._waiting.get(uuid.UUID(answered).bytes)
                 if future is not None and not future.done():
                     future.set_result(Message.from_event(event_from_row(row)))
-        if woken:
-            for callback in self._mail_listeners:
-                callback(woken)
-
-    def on_mail(self, callback: Callable[[set[str]], None]) -> None:
-        """Call ``callback(agents)`` after a commit queues messages for ``agents``."""
-        self._mail_listeners.append(callback)
 
     def _lifecycle(self, agent: str, status: str) -> None:
         # Retiring needs nothing here: the same commit dead-lettered its mail (MailboxDead ops).

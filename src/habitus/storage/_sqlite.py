@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -472,15 +471,3 @@ class SQLiteStore:
 
 def _lenient_text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
-
-
-def database_files(directory: Path) -> list[Path]:
-    """Files SQLite keeps for the ledger database in ``directory``."""
-    base = directory / "ledger.db"
-    return [p for p in (base, Path(f"{base}-wal"), Path(f"{base}-shm")) if p.exists()]
-
-
-def remove_database(directory: Path) -> None:
-    """Delete the ledger database files (used when a half-made habitat is cleaned up)."""
-    for path in database_files(directory):
-        os.remove(path)
