@@ -6,7 +6,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +35,10 @@ class AgentState:
     acknowledgement; if the handler fails, they are discarded.
     """
 
-    def __init__(self, committed: dict[str, Any]) -> None:
+    def __init__(self, committed: dict[str, Any], stage: Callable[[str, str, Any], None]) -> None:
         self._committed = committed
         self._pending: dict[str, Any] = {}
-        self._stage: Any = None
+        self._stage = stage
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key``, or ``default``."""
@@ -102,8 +102,7 @@ class AgentContext:
         self, info: AgentInfo, state: dict[str, Any], *, ledger: Ledger, agents: Agents, messenger: Messenger
     ) -> None:
         self.agent = info
-        self.state = AgentState(state)
-        self.state._stage = self._stage_state
+        self.state = AgentState(state, self._stage_state)
         self._ledger = ledger
         self._agents = agents
         self._messenger = messenger

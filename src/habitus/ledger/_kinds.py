@@ -54,10 +54,6 @@ class KindSpec:
 
     def validate_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         """Validate ``meta`` against this kind's model and return it in canonical form."""
-        if not meta:
-            cached = _EMPTY_OK.get(self.name)
-            if cached is not None:
-                return cached
         try:
             model = self.meta.model_validate(meta)
         except ValidationError as exc:
@@ -65,14 +61,7 @@ class KindSpec:
                 f"{'.'.join(str(p) for p in err['loc']) or '(meta)'}: {err['msg']}" for err in exc.errors()
             )
             raise InvalidMetaError(f"meta for kind {self.name!r} is invalid: {problems}") from None
-        canonical = model.model_dump(mode="json", exclude_defaults=True)
-        if not meta:
-            _EMPTY_OK[self.name] = canonical
-        return canonical
-
-
-_EMPTY_OK: dict[str, dict[str, Any]] = {}
-"""Canonical meta of kinds whose empty meta is valid (validated once, then reused)."""
+        return model.model_dump(mode="json", exclude_defaults=True)
 
 
 _REGISTRY: dict[str, KindSpec] = {}

@@ -92,9 +92,8 @@ class Messenger:
             PolicyDeniedError: Policy refused it (recorded as ``policy.denied``).
         """
         async with self._ledger.transaction() as tx:
-            message_id = await self.stage_send(tx, sender, to, body, type=type, thread=thread)
-        (event,) = [e for e in tx.events if e.id == message_id]
-        return event
+            await self.stage_send(tx, sender, to, body, type=type, thread=thread)
+        return tx.events[0]  # the transaction holds just this message
 
     async def publish(
         self,
@@ -107,9 +106,8 @@ class Messenger:
     ) -> Event:
         """Publish to a topic: every agent subscribed to a matching pattern gets it queued."""
         async with self._ledger.transaction() as tx:
-            message_id = await self.stage_publish(tx, sender, topic, body, type=type, thread=thread)
-        (event,) = [e for e in tx.events if e.id == message_id]
-        return event
+            await self.stage_publish(tx, sender, topic, body, type=type, thread=thread)
+        return tx.events[0]  # the transaction holds just this message
 
     async def request(
         self,
@@ -145,9 +143,8 @@ class Messenger:
     async def reply(self, message: Message, body: Any, *, sender: str, type: str | None = None) -> Event:  # noqa: A002
         """Answer a request from outside a handler (handlers use their context's ``reply``)."""
         async with self._ledger.transaction() as tx:
-            reply_id = await self.stage_reply(tx, sender, message, body, type=type)
-        (event,) = [e for e in tx.events if e.id == reply_id]
-        return event
+            await self.stage_reply(tx, sender, message, body, type=type)
+        return tx.events[0]  # the transaction holds just this message
 
     def depth(self, agent: str) -> int:
         """Messages waiting in an agent's mailbox (dead letters excluded)."""
