@@ -21,6 +21,7 @@ from habitus.errors import (
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._transaction import Transaction
 from habitus.messaging._topics import check_topic
+from habitus.storage._abstract import HabitatStore
 from habitus.storage._projections import (
     AgentPut,
     AgentRow,
@@ -30,7 +31,6 @@ from habitus.storage._projections import (
     StateDelete,
     StatePut,
 )
-from habitus.storage._sqlite import SQLiteStore
 
 __all__ = ["Agents", "SpawnSpec", "agent_id", "info_from_row", "principal_of"]
 
@@ -106,7 +106,7 @@ class Agents:
     change, so the registry and the ledger never disagree.
     """
 
-    def __init__(self, ledger: Ledger, store: SQLiteStore) -> None:
+    def __init__(self, ledger: Ledger, store: HabitatStore) -> None:
         self._ledger = ledger
         self._store = store
         self._status: dict[str, str] = {}
@@ -146,7 +146,7 @@ class Agents:
         ids = [s.id for s in specs]
         if len(set(ids)) != len(ids):
             raise AgentExistsError("the same agent id appears twice in one spawn")
-        taken = await asyncio.to_thread(self._existing, ids)
+        taken = await asyncio.to_thread(self._store.existing_agents, ids)
         if taken:
             raise AgentExistsError(f"agent {taken[0]!r} already exists; choose another id")
         async with self._ledger.transaction() as tx:
@@ -191,9 +191,6 @@ class Agents:
             )
             for s, seq in zip(specs, seqs, strict=True)
         ]
-
-    def _existing(self, ids: list[str]) -> list[str]:
-        return [i for i in ids if self._store.agent(i) is not None]
 
     # -- reading ----------------------------------------------------------------------------
 

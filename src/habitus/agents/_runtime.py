@@ -38,7 +38,7 @@ from habitus.ledger._context import caused_by
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._rows import event_from_row
 from habitus.messaging._messenger import Messenger
-from habitus.storage._abstract import Row
+from habitus.storage._abstract import HabitatStore, Row
 from habitus.storage._projections import (
     MailboxAck,
     MailboxDead,
@@ -48,7 +48,6 @@ from habitus.storage._projections import (
     Op,
     TimerDelete,
 )
-from habitus.storage._sqlite import SQLiteStore
 
 __all__ = ["Runtime", "RuntimeOptions"]
 
@@ -105,7 +104,7 @@ class Runtime:
         app: App,
         *,
         ledger: Ledger,
-        store: SQLiteStore,
+        store: HabitatStore,
         agents: Agents,
         messenger: Messenger,
         options: RuntimeOptions,

@@ -23,9 +23,8 @@ from habitus.ledger._rows import event_from_row
 from habitus.ledger._transaction import Transaction
 from habitus.messaging import _kinds  # noqa: F401  (registers the message kinds)
 from habitus.messaging._topics import check_topic, matches
-from habitus.storage._abstract import Row
+from habitus.storage._abstract import HabitatStore, Row
 from habitus.storage._projections import MailboxAck, MailboxDead, MailboxPut, Op
-from habitus.storage._sqlite import SQLiteStore
 
 __all__ = ["Messenger", "PolicyHook", "PolicyRequest"]
 
@@ -57,7 +56,7 @@ class Messenger:
     instead, so the message commits with the handler's other effects.
     """
 
-    def __init__(self, ledger: Ledger, store: SQLiteStore, agents: Agents, *, mailbox_capacity: int) -> None:
+    def __init__(self, ledger: Ledger, store: HabitatStore, agents: Agents, *, mailbox_capacity: int) -> None:
         self._ledger = ledger
         self._store = store
         self._agents = agents

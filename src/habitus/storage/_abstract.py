@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from habitus.storage._projections import Op
+from habitus.storage._projections import Op, ProjectionStore
 
 __all__ = [
     "ROW_FIELDS",
     "CheckpointRow",
     "EventQuery",
+    "HabitatStore",
     "LedgerStore",
     "Row",
     "WriteBatch",
@@ -183,3 +184,11 @@ class LedgerStore(Protocol):
     def checkpoints(self) -> list[CheckpointRow]:
         """Every stored checkpoint, by tree size."""
         ...
+
+
+class HabitatStore(LedgerStore, ProjectionStore, Protocol):
+    """Everything a habitat needs from its storage: the ledger and the agent projections.
+
+    The agents, messaging and runtime layers are written against this, not
+    against SQLite, so another backend (PostgreSQL, DESIGN §8) can serve them.
+    """

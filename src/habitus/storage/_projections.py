@@ -14,6 +14,7 @@ resolves it once the seqs are known.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -199,6 +200,10 @@ class ProjectionStore(Protocol):
 
     def agent_count(self) -> int:
         """How many agents are registered."""
+        ...
+
+    def existing_agents(self, agents: Sequence[str]) -> list[str]:
+        """Those of ``agents`` that are registered, in the order given."""
         ...
 
     def subscriptions(self) -> list[tuple[str, str]]:

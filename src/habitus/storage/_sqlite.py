@@ -418,6 +418,15 @@ class SQLiteStore:
         """Agents in id order, starting after ``after``."""
         return self._read(lambda c: read_agents(c, after, limit))
 
+    def existing_agents(self, agents: Sequence[str]) -> list[str]:
+        """Those of ``agents`` that are registered, in the order given (one query per 500 ids)."""
+        found: set[str] = set()
+        for i in range(0, len(agents), _CHUNK):
+            chunk = agents[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._all_rows(f"SELECT agent FROM agents WHERE agent IN ({marks})", chunk))
+        return [a for a in agents if a in found]
+
     def agent_count(self) -> int:
         """How many agents are registered."""
         return int(self._all_rows("SELECT count(*) FROM agents")[0][0])
