@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,7 +181,7 @@ class Messenger:
             self._agents.require_reachable(to_agent)
             if self.policy is not None:
                 await self._check_policy(sender, "message:send", recipient)
-            if self.depth(to_agent) + _staged_for(tx, to_agent) >= self._capacity:
+            if self.depth(to_agent) + _staged(tx).get(to_agent, 0) >= self._capacity:
                 raise MailboxFullError(
                     f"the mailbox of agent {to_agent!r} is full ({self._capacity} messages waiting); retry later"
                 )
@@ -226,10 +227,11 @@ class Messenger:
         if self.policy is not None:
             await self._check_policy(sender, "message:send", f"topic:{topic}")
         recipients = []
+        staged = _staged(tx)  # counted once: a publish may reach thousands of subscribers
         for agent in await self._subscribers(topic):
             if self._agents.status(agent) in ("retired", None):
                 continue
-            if self.depth(agent) + _staged_for(tx, agent) >= self._capacity:
+            if self.depth(agent) + staged.get(agent, 0) >= self._capacity:
                 raise MailboxFullError(
                     f"the mailbox of agent {agent!r}, subscribed to {topic!r}, is full; retry the publish later"
                 )
@@ -306,5 +308,6 @@ class Messenger:
             self._subscriptions = None  # reloaded on the next publish
 
 
-def _staged_for(tx: Transaction, agent: str) -> int:
-    return sum(1 for op in tx.ops if isinstance(op, MailboxPut) and op.agent == agent)
+def _staged(tx: Transaction) -> Counter[str]:
+    """Messages ``tx`` already queues for each agent (they count against its mailbox's capacity)."""
+    return Counter(op.agent for op in tx.ops if isinstance(op, MailboxPut))
