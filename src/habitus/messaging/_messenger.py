@@ -181,7 +181,7 @@ class Messenger:
             self._agents.require_reachable(to_agent)
             if self.policy is not None:
                 await self._check_policy(sender, "message:send", recipient)
-            if self.depth(to_agent) + _staged(tx).get(to_agent, 0) >= self._capacity:
+            if self.depth(to_agent) + _staged_for(tx, to_agent) >= self._capacity:
                 raise MailboxFullError(
                     f"the mailbox of agent {to_agent!r} is full ({self._capacity} messages waiting); retry later"
                 )
@@ -311,3 +311,8 @@ class Messenger:
 def _staged(tx: Transaction) -> Counter[str]:
     """Messages ``tx`` already queues for each agent (they count against its mailbox's capacity)."""
     return Counter(op.agent for op in tx.ops if isinstance(op, MailboxPut))
+
+
+def _staged_for(tx: Transaction, agent: str) -> int:
+    """Messages ``tx`` already queues for ``agent`` (a handler stages a few; no counter needed)."""
+    return sum(1 for op in tx.ops if isinstance(op, MailboxPut) and op.agent == agent)
