@@ -28,11 +28,13 @@ from habitus.ledger import (
     verify_consistency,
     verify_inclusion,
 )
+from habitus.memory import AgentMemory, Fact, Hit, MemoryRecord, Recall
 
 __all__ = [
     "Agent",
     "AgentContext",
     "AgentInfo",
+    "AgentMemory",
     "App",
     "Checkpoint",
     "ConsistencyProof",
@@ -40,13 +42,17 @@ __all__ = [
     "Edge",
     "Erasure",
     "Event",
+    "Fact",
     "Habitat",
     "HabitatError",
+    "Hit",
     "InclusionProof",
     "Ledger",
+    "MemoryRecord",
     "Message",
     "Page",
     "Problem",
+    "Recall",
     "Settings",
     "Subgraph",
     "SyncHabitat",

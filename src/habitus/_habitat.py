@@ -30,6 +30,8 @@ from habitus.errors import (
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._prepare import LedgerLimits
 from habitus.ledger._signing import Signer
+from habitus.memory._embedders import Embedder
+from habitus.memory._memory import AgentMemory, MemoryService
 from habitus.messaging._messenger import Messenger
 from habitus.storage._sqlite import SQLiteStore
 
@@ -101,6 +103,7 @@ class Habitat:
         self._closed = False
         self._agents = Agents(ledger, store)
         self._messages = Messenger(ledger, store, self._agents, mailbox_capacity=settings.mailbox_capacity)
+        self._memories = MemoryService(ledger, store, self._agents, settings)
         self._runtime: Runtime | None = None
 
     # -- opening ----------------------------------------------------------------------
@@ -210,6 +213,26 @@ class Habitat:
         """Messaging from outside the agents: send, publish, request, reply."""
         return self._messages
 
+    @property
+    def memories(self) -> MemoryService:
+        """Memory for all agents: grants, reindexing, sweeping expired and excess memories, the embedder."""
+        return self._memories
+
+    def memory(self, agent: str) -> AgentMemory:
+        """One agent's memory: ``remember``, ``recall``, ``forget``, ``assert_fact``, ``facts``.
+
+        Example:
+            >>> mem = hab.memory("scout")  # doctest: +SKIP
+            >>> await mem.remember("The bridge is closed", at=datetime(2026, 5, 3, tzinfo=UTC))  # doctest: +SKIP
+            >>> (await mem.recall("is the bridge open?")).hits[0].record.text  # doctest: +SKIP
+            'The bridge is closed'
+        """
+        return self._memories.of(agent)
+
+    def use_embedder(self, embedder: Embedder) -> None:
+        """Use ``embedder`` for memory instead of the one the settings name (before any memory is used)."""
+        self._memories.set_embedder(embedder)
+
     async def start(self, app: App, *, options: RuntimeOptions | None = None) -> Runtime:
         """Start running ``app``'s agents in this process; stop with :meth:`close` (or ``Runtime.stop``).
 
@@ -228,7 +251,13 @@ class Habitat:
             max_active=settings.max_active_agents,
         )
         runtime = Runtime(
-            app, ledger=self._ledger, store=self._store, agents=self._agents, messenger=self._messages, options=options
+            app,
+            ledger=self._ledger,
+            store=self._store,
+            agents=self._agents,
+            messenger=self._messages,
+            memories=self._memories,
+            options=options,
         )
         await runtime.start()
         self._runtime = runtime

@@ -33,6 +33,13 @@ class Settings(BaseModel):
         max_attempts: Deliveries of a message before it is dead-lettered.
         idle_seconds: An agent with no work for this long is passivated (leaves memory).
         max_active_agents: Most agents in memory at once; the rest wait their turn.
+        embedder: Which embedder memory uses: ``auto`` (the local model when
+            installed, else ``embeddings_url`` when set, else lexical-only),
+            ``local``, ``local:/path/to/model``, ``openai:MODEL``, ``hash``, ``lexical``.
+        embeddings_url: Base URL of an OpenAI-compatible ``/v1`` endpoint for ``openai:`` embedders.
+        embeddings_key: API key for that endpoint (prefer ``HABITUS_EMBEDDINGS_KEY`` to a file).
+        memory_capacity: Most memories one agent keeps (0: no limit); beyond it the
+            least valuable (by importance and recency) are forgotten.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +53,10 @@ class Settings(BaseModel):
     max_attempts: int = Field(default=5, ge=1, le=1000)
     idle_seconds: float = Field(default=60.0, gt=0)
     max_active_agents: int = Field(default=10_000, ge=1)
+    embedder: str = Field(default="auto", min_length=1)
+    embeddings_url: str | None = None
+    embeddings_key: str | None = None
+    memory_capacity: int = Field(default=0, ge=0)
 
     @classmethod
     def resolve(

@@ -22,8 +22,9 @@ from habitus._settings import Settings
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._models import Event
 from habitus.ledger._transaction import Transaction
+from habitus.memory._memory import AgentMemory, MemoryService
 
-__all__ = ["SyncHabitat", "SyncLedger"]
+__all__ = ["SyncAgentMemory", "SyncHabitat", "SyncLedger", "SyncMemories"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -111,6 +112,39 @@ class SyncLedger:
             self._portal.call(agen.aclose())  # type: ignore[attr-defined]
 
 
+class SyncAgentMemory:
+    """Blocking twin of :class:`habitus.AgentMemory`; see it for each method's documentation."""
+
+    def __init__(self, target: AgentMemory, portal: _Portal) -> None:
+        self._target = target
+        self._portal = portal
+
+    remember = _bridge(AgentMemory.remember)
+    remember_many = _bridge(AgentMemory.remember_many)
+    recall = _bridge(AgentMemory.recall)
+    get = _bridge(AgentMemory.get)
+    memories = _bridge(AgentMemory.memories)
+    forget = _bridge(AgentMemory.forget)
+    assert_fact = _bridge(AgentMemory.assert_fact)
+    facts = _bridge(AgentMemory.facts)
+    scopes = _bridge(AgentMemory.scopes)
+    grant = _bridge(AgentMemory.grant)
+    revoke = _bridge(AgentMemory.revoke)
+
+
+class SyncMemories:
+    """Blocking twin of :class:`habitus.memory.MemoryService`."""
+
+    def __init__(self, target: MemoryService, portal: _Portal) -> None:
+        self._target = target
+        self._portal = portal
+
+    grant = _bridge(MemoryService.grant)
+    revoke = _bridge(MemoryService.revoke)
+    reindex = _bridge(MemoryService.reindex)
+    sweep = _bridge(MemoryService.sweep)
+
+
 class SyncHabitat:
     """Blocking twin of :class:`habitus.Habitat`.
 
@@ -123,6 +157,15 @@ class SyncHabitat:
         self._habitat = habitat
         self._portal = portal
         self.ledger = SyncLedger(habitat.ledger, portal)
+        self.memories = SyncMemories(habitat.memories, portal)
+
+    def memory(self, agent: str) -> SyncAgentMemory:
+        """One agent's memory (see :meth:`Habitat.memory`)."""
+        return SyncAgentMemory(self._habitat.memory(agent), self._portal)
+
+    def spawn(self, agent: str, *, behaviour: str = "agent", **kwargs: Any) -> Any:
+        """Register an agent (see :meth:`habitus.agents.Agents.spawn`)."""
+        return self._portal.call(self._habitat.agents.spawn(agent, behaviour=behaviour, **kwargs))
 
     @classmethod
     def init(

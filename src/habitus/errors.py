@@ -13,12 +13,15 @@ The hierarchy::
     │   ├── UnknownAgentError         no agent with that id
     │   ├── AgentExistsError          spawning an id that is taken
     │   ├── AgentRetiredError         the agent was retired; it takes no more messages
-    │   └── UnknownBehaviourError     the app declares no behaviour of that name
+    │   ├── UnknownBehaviourError     the app declares no behaviour of that name
+    │   └── MemoryNotFoundError       no memory or fact with that id (or it was forgotten)
     ├── MessagingError                a message could not be sent or answered
     │   ├── MailboxFullError          the recipient's mailbox is at capacity (backpressure)
-    │   ├── RequestTimeoutError       no reply came in time
-    │   └── PolicyDeniedError         policy refused it (a policy.denied event records it)
+    │   └── RequestTimeoutError       no reply came in time
+    ├── PolicyDeniedError             policy refused it (a policy.denied event records it)
+    │   └── ScopeDeniedError          a memory scope the principal may not read or write
     ├── HabitatUnavailableError       the habitat cannot do this right now
+    │   ├── EmbedderError             the embedding model or endpoint failed or is missing
     │   ├── HabitatNotFoundError      no habitat at that path
     │   ├── HabitatExistsError        init over an existing habitat
     │   ├── HabitatLockedError        another process holds the writer lock
@@ -42,6 +45,7 @@ __all__ = [
     "AgentExistsError",
     "AgentRetiredError",
     "ContentTooLargeError",
+    "EmbedderError",
     "ErrorCode",
     "EventNotFoundError",
     "HabitatClosedError",
@@ -56,10 +60,12 @@ __all__ = [
     "InvalidRequestError",
     "LedgerFailureError",
     "MailboxFullError",
+    "MemoryNotFoundError",
     "MessagingError",
     "PolicyDeniedError",
     "ReadOnlyHabitatError",
     "RequestTimeoutError",
+    "ScopeDeniedError",
     "StorageError",
     "UnknownAgentError",
     "UnknownBehaviourError",
@@ -117,6 +123,10 @@ class UnknownBehaviourError(InvalidRequestError):
     """The running app declares no behaviour with that name."""
 
 
+class MemoryNotFoundError(InvalidRequestError):
+    """No memory or fact has that id in the scopes searched (or it was forgotten)."""
+
+
 class MessagingError(HabitatError):
     """A message could not be sent, delivered or answered."""
 
@@ -129,12 +139,20 @@ class RequestTimeoutError(MessagingError):
     """A request got no reply within its timeout."""
 
 
-class PolicyDeniedError(MessagingError):
+class PolicyDeniedError(HabitatError):
     """Policy refused the action; a ``policy.denied`` event records who, what and why."""
+
+
+class ScopeDeniedError(PolicyDeniedError):
+    """A principal tried to read or write a memory scope it was not granted."""
 
 
 class HabitatUnavailableError(HabitatError):
     """The habitat exists but cannot serve this request in its current state."""
+
+
+class EmbedderError(HabitatUnavailableError):
+    """The embedding model could not be loaded, or its endpoint failed; nothing was stored."""
 
 
 class HabitatNotFoundError(HabitatUnavailableError):
@@ -189,11 +207,14 @@ ERROR_TABLE: dict[type[HabitatError], ErrorCode] = {
     AgentExistsError: ErrorCode(4, 409),
     AgentRetiredError: ErrorCode(4, 410),
     UnknownBehaviourError: ErrorCode(2, 422),
+    MemoryNotFoundError: ErrorCode(3, 404),
     MessagingError: ErrorCode(7, 503),
     MailboxFullError: ErrorCode(7, 429),
     RequestTimeoutError: ErrorCode(7, 504),
     PolicyDeniedError: ErrorCode(8, 403),
+    ScopeDeniedError: ErrorCode(8, 403),
     HabitatUnavailableError: ErrorCode(4, 503),
+    EmbedderError: ErrorCode(4, 503),
     HabitatNotFoundError: ErrorCode(3, 404),
     HabitatExistsError: ErrorCode(4, 409),
     HabitatLockedError: ErrorCode(4, 423),

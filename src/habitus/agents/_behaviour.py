@@ -54,6 +54,9 @@ class Agent:
     topics: ClassVar[tuple[str, ...]] = ()
     """Topic patterns agents of this class subscribe to when spawned."""
 
+    remember_messages: ClassVar[bool] = False
+    """Remember every message these agents receive and send (kind ``message``, in their private memory)."""
+
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
 
@@ -79,6 +82,7 @@ class Behaviour:
     by_type: dict[str, str] = field(default_factory=dict)
     by_topic: list[tuple[str, str]] = field(default_factory=list)
     topics: tuple[str, ...] = ()
+    remember_messages: bool = False
 
     def handler(self, instance: Any, msg: Message) -> Callable[[], Awaitable[None]]:
         """The coroutine function that handles ``msg`` for ``instance``."""
@@ -114,14 +118,21 @@ class App:
         self._behaviours: dict[str, Behaviour] = {}
         self.agents: list[dict[str, Any]] = []
 
-    def behaviour(self, target: Any = None, *, name: str | None = None) -> Any:
-        """Register an :class:`Agent` subclass or an ``async def handler(ctx, msg)`` (usable as a decorator)."""
+    def behaviour(self, target: Any = None, *, name: str | None = None, remember_messages: bool | None = None) -> Any:
+        """Register an :class:`Agent` subclass or an ``async def handler(ctx, msg)`` (usable as a decorator).
+
+        ``remember_messages`` makes its agents remember every message they
+        receive and send (default: the class's ``remember_messages``, else off).
+        """
 
         def register(obj: Any) -> Any:
             key = name or obj.__name__
             if key in self._behaviours:
                 raise InvalidRequestError(f"behaviour {key!r} is registered twice")
-            self._behaviours[key] = _describe(key, obj)
+            described = _describe(key, obj)
+            if remember_messages is not None:
+                described.remember_messages = remember_messages
+            self._behaviours[key] = described
             return obj
 
         return register if target is None else register(target)
@@ -172,7 +183,7 @@ def _describe(key: str, obj: Any) -> Behaviour:
                 by_type[msg_type] = attr
             else:
                 by_topic.append((topic, attr))
-        return Behaviour(key, obj, None, by_type, by_topic, tuple(obj.topics))
+        return Behaviour(key, obj, None, by_type, by_topic, tuple(obj.topics), bool(obj.remember_messages))
     if inspect.iscoroutinefunction(obj):
         return Behaviour(key, lambda ctx: ctx, obj)
     raise InvalidRequestError(f"{obj!r} is neither an Agent subclass nor an async function(ctx, msg)")

@@ -20,6 +20,7 @@ from habitus.storage._projections import TimerDelete, TimerPut
 
 if TYPE_CHECKING:
     from habitus.agents._registry import Agents
+    from habitus.memory._memory import AgentMemory, MemoryService
     from habitus.messaging._messenger import Messenger
 
 __all__ = ["AgentContext", "AgentState"]
@@ -99,13 +100,23 @@ class AgentContext:
     """
 
     def __init__(
-        self, info: AgentInfo, state: dict[str, Any], *, ledger: Ledger, agents: Agents, messenger: Messenger
+        self,
+        info: AgentInfo,
+        state: dict[str, Any],
+        *,
+        ledger: Ledger,
+        agents: Agents,
+        messenger: Messenger,
+        memories: MemoryService | None = None,
+        remember_messages: bool = False,
     ) -> None:
         self.agent = info
         self.state = AgentState(state, self._stage_state)
         self._ledger = ledger
         self._agents = agents
         self._messenger = messenger
+        self._memories = memories
+        self.remember_messages = remember_messages and memories is not None
         self._tx: Transaction | None = None
         self._message: Message | None = None
         self.timers_set = False
@@ -148,11 +159,52 @@ class AgentContext:
             )
         return self._tx
 
+    @property
+    def memory(self) -> AgentMemory:
+        """This agent's memory; what it remembers (and each recall's event) commits with the handler's effects.
+
+        Raises:
+            InvalidRequestError: The habitat runs without memory, or no message is being handled.
+        """
+        if self._memories is None:
+            raise InvalidRequestError("this runtime has no memory service")
+        from habitus.memory._memory import AgentMemory
+
+        return AgentMemory(self._memories, self.agent.id, self._transaction)
+
+    async def _remember_message(self, message: Message, *, received: bool) -> None:
+        body = message.body if isinstance(message.body, str) else json.dumps(message.body, ensure_ascii=False)
+        if not body.strip():
+            return
+        other = message.sender if received else message.to
+        await self.memory.remember(
+            body,
+            kind="message",
+            meta={"speaker": message.sender, "direction": "received" if received else "sent", "with": other},
+            source=[message.id],
+            thread=message.thread,
+            at=message.ts,
+        )
+
     # -- effects ----------------------------------------------------------------------------
 
     async def send(self, to: str, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
         """Send a message to an agent (committed with this handler's other effects)."""
-        return await self._messenger.stage_send(self._transaction, self.principal, to, body, type=type)
+        sent = await self._messenger.stage_send(self._transaction, self.principal, to, body, type=type)
+        if self.remember_messages:
+            await self._remember_sent(sent, to, body)
+        return sent
+
+    async def _remember_sent(self, sent: uuid.UUID, to: str, body: Any) -> None:
+        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        if text.strip():
+            await self.memory.remember(
+                text,
+                kind="message",
+                meta={"speaker": self.principal, "direction": "sent", "with": to},
+                source=[sent],
+                thread=self._message.thread if self._message else None,
+            )
 
     async def publish(self, topic: str, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
         """Publish to a topic."""

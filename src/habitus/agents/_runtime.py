@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from habitus.agents._behaviour import App, Behaviour
 from habitus.agents._context import AgentContext
@@ -38,6 +38,9 @@ from habitus.ledger._context import caused_by
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._rows import event_from_row
 from habitus.messaging._messenger import Messenger
+
+if TYPE_CHECKING:
+    from habitus.memory._memory import MemoryService
 from habitus.storage._abstract import HabitatStore, Row
 from habitus.storage._projections import (
     MailboxAck,
@@ -108,12 +111,14 @@ class Runtime:
         agents: Agents,
         messenger: Messenger,
         options: RuntimeOptions,
+        memories: MemoryService | None = None,
     ) -> None:
         self._app = app
         self._ledger = ledger
         self._store = store
         self._agents = agents
         self._messenger = messenger
+        self._memories = memories
         self._options = options
         self._active: dict[str, _Activation] = {}
         self._waiting: dict[str, None] = {}  # agents with work but no free activation slot, in order
@@ -228,7 +233,13 @@ class Runtime:
             return
         info_state = {k: json.loads(v) for k, v in self._store.state(agent).items()}
         context = AgentContext(
-            info_from_row(row), info_state, ledger=self._ledger, agents=self._agents, messenger=self._messenger
+            info_from_row(row),
+            info_state,
+            ledger=self._ledger,
+            agents=self._agents,
+            messenger=self._messenger,
+            memories=self._memories,
+            remember_messages=behaviour.remember_messages,
         )
         activation = _Activation(agent, behaviour, context, behaviour.factory(context))
         self._active[agent] = activation
@@ -325,6 +336,8 @@ class Runtime:
                     context._begin(tx, message)
                     if first:
                         self._agents.mark_active(tx, agent)
+                    if context.remember_messages:
+                        await context._remember_message(message, received=True)
                     await activation.behaviour.handler(activation.instance, message)()
                 tx.project(MailboxAck(agent, row.msg))
         except Exception as exc:  # noqa: BLE001 - a handler's failure is data: recorded, retried

@@ -366,24 +366,49 @@ class Ledger:
         by the target) is appended in the same transaction, and the database
         files are then rewritten so no copy of the content remains on disk.
         """
-        writer = self._require_writer()
         target = await self.get(ref)
-        if target.content_type is None:
-            raise InvalidRequestError(f"event {str(target.id)!r} has no content to erase")
-        if target.erased:
-            raise InvalidRequestError(f"the content of event {str(target.id)!r} is already erased")
-        draft = Draft(
-            kind="content.erased",
-            actor=by,
-            meta={"target": str(target.id), "target_seq": target.seq, "reason": reason},
-            causes=(target.id,),
-        )
-        checked = [self._prep.check(0, draft)]
+        events, scrubbed = await self._erase_events([target], reason=reason, by=by)
+        return Erasure(target=target.id, event=events[0], scrubbed=scrubbed)
+
+    async def _erase_events(
+        self,
+        targets: Sequence[Event],
+        *,
+        reason: str,
+        by: str,
+        drafts: Sequence[Draft] = (),
+        ops: Sequence[Op] = (),
+    ) -> tuple[Sequence[Event], bool]:
+        """Erase several events' content in one transaction, with more events and projection changes.
+
+        For Habitus's subsystems (forgetting a memory erases its text and removes it
+        from memory's indexes at once). Appends one ``content.erased`` per target,
+        then ``drafts``; returns those events and whether the files were scrubbed.
+
+        Raises:
+            InvalidRequestError: A target has no content, or it is already erased.
+        """
+        writer = self._require_writer()
+        for target in targets:
+            if target.content_type is None:
+                raise InvalidRequestError(f"event {str(target.id)!r} has no content to erase")
+            if target.erased:
+                raise InvalidRequestError(f"the content of event {str(target.id)!r} is already erased")
+        erased = [
+            Draft(
+                kind="content.erased",
+                actor=by,
+                meta={"target": str(t.id), "target_seq": t.seq, "reason": reason},
+                causes=(t.id,),
+            )
+            for t in targets
+        ]
+        checked = [self._prep.check(i, d) for i, d in enumerate([*erased, *drafts])]
         known = await self._prep.check_causes(checked)
-        batch, events = self._prep.seal(checked, known, erase=[target.seq])
+        batch, events = self._prep.seal(checked, known, erase=[t.seq for t in targets], ops=list(ops))
         writer.submit(batch)
         await batch.future
-        return Erasure(target=target.id, event=events[0], scrubbed=batch.scrubbed)
+        return events, batch.scrubbed
 
     async def checkpoint(self) -> Checkpoint:
         """Sign a checkpoint of the tree as it stands, and store it."""

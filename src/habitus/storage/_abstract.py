@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from habitus.storage._memory import MemoryStore
 from habitus.storage._projections import Op, ProjectionStore
 
 __all__ = [
@@ -186,8 +187,8 @@ class LedgerStore(Protocol):
         ...
 
 
-class HabitatStore(LedgerStore, ProjectionStore, Protocol):
-    """Everything a habitat needs from its storage: the ledger and the agent projections.
+class HabitatStore(LedgerStore, ProjectionStore, MemoryStore, Protocol):
+    """Everything a habitat needs from its storage: the ledger, the agent and the memory projections.
 
     The agents, messaging and runtime layers are written against this, not
     against SQLite, so another backend (PostgreSQL, DESIGN §8) can serve them.

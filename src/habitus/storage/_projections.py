@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from habitus.storage._memory import MemoryOp
+
 __all__ = [
     "AgentPut",
     "AgentRow",
@@ -145,6 +147,7 @@ Op = (
     | MailboxDead
     | TimerPut
     | TimerDelete
+    | MemoryOp
 )
 """Every projection change a transaction can carry."""
 

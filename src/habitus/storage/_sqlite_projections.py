@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from habitus.errors import IntegrityError
+from habitus.storage._memory import MEMORY_OPS
 from habitus.storage._projections import (
     AgentPut,
     AgentRow,
@@ -22,6 +23,7 @@ from habitus.storage._projections import (
     TimerPut,
     TimerRow,
 )
+from habitus.storage._sqlite_memory import apply_memory_op
 
 __all__ = ["SCHEMA", "apply_ops", "read_agent", "read_agents", "read_mailbox", "read_state", "read_timers"]
 
@@ -58,7 +60,7 @@ def _seq(seq_of: dict[bytes, int], event: bytes) -> int:
     return seq
 
 
-def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, int]) -> None:
+def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, int], ts_of: dict[int, int]) -> None:
     """Apply projection ops inside the caller's transaction, in order."""
     mail: list[tuple[str, int, str]] = []
     for op in ops:
@@ -68,7 +70,12 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
         if mail:
             conn.executemany("INSERT INTO mailbox (agent, msg, sender) VALUES (?, ?, ?)", mail)
             mail = []
-        if isinstance(op, MailboxAck):
+        if isinstance(op, MEMORY_OPS):
+            try:
+                apply_memory_op(conn, op, seq_of, ts_of)
+            except KeyError:
+                raise IntegrityError("a memory change names an event that is not in its transaction") from None
+        elif isinstance(op, MailboxAck):
             conn.execute("DELETE FROM mailbox WHERE agent = ? AND msg = ?", (op.agent, op.msg))
         elif isinstance(op, StatePut):
             conn.execute(

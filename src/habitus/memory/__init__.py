@@ -1,0 +1,30 @@
+"""Agents' memory: episodic records, bi-temporal facts, hybrid recall, forgetting — with provenance."""
+
+from habitus.memory._embedders import (
+    Embedder,
+    HashEmbedder,
+    LexicalEmbedder,
+    LocalEmbedder,
+    OpenAIEmbedder,
+    resolve_embedder,
+)
+from habitus.memory._memory import AgentMemory, MemoryService
+from habitus.memory._models import Fact, Forgotten, Hit, MemoryRecord, Recall
+from habitus.memory._retrieval import Tuning
+
+__all__ = [
+    "AgentMemory",
+    "Embedder",
+    "Fact",
+    "Forgotten",
+    "HashEmbedder",
+    "Hit",
+    "LexicalEmbedder",
+    "LocalEmbedder",
+    "MemoryRecord",
+    "MemoryService",
+    "OpenAIEmbedder",
+    "Recall",
+    "Tuning",
+    "resolve_embedder",
+]

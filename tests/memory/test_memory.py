@@ -1,0 +1,304 @@
+"""Memory: remember, recall, facts, forgetting, scopes, reindexing — through the public API.
+
+Most tests use the deterministic ``HashEmbedder`` (fast, no model); the real local
+model is exercised in ``test_real_model_recalls_a_paraphrase`` and in the LoCoMo benchmark.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from habitus import Habitat, Settings, SyncHabitat
+from habitus.errors import InvalidRequestError, MemoryNotFoundError, ScopeDeniedError, UnknownAgentError
+from habitus.memory import HashEmbedder
+
+
+@pytest.fixture
+async def hab(settings: Settings) -> AsyncIterator[Habitat]:
+    h = await Habitat.init(settings.path, settings=settings)
+    h.use_embedder(HashEmbedder(dim=128))
+    for agent in ("ada", "bob", "cy"):
+        await h.agents.spawn(agent, behaviour="noop", owner="human:test")
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+def _day(y: int, m: int, d: int) -> datetime:
+    return datetime(y, m, d, 12, tzinfo=UTC)
+
+
+async def test_remember_then_recall_returns_the_best_match_with_provenance(hab: Habitat) -> None:
+    seen = await hab.ledger.append("observation.recorded", actor="agent:ada", content="gate 4 is jammed")
+    mem = hab.memory("ada")
+    jammed = await mem.remember("The north gate is jammed and needs oil", source=[seen.id], kind="observation")
+    await mem.remember("Lunch was soup and bread")
+    await mem.remember("The greenhouse needs watering on Fridays")
+    assert jammed.seq > 0 and jammed.agent == "ada" and jammed.scope == "agent:ada"
+
+    result = await mem.recall("which gate is jammed?", k=2)
+    assert result[0].record.id == jammed.id
+    top = result[0]
+    assert top.record.sources == [seen.id]
+    assert top.provenance == [jammed.id, seen.id]
+    assert "lexical" in top.why and "dense" in top.why
+    # the recall is an event that lists what it returned and cites it
+    assert result.event is not None
+    event = await hab.ledger.get(result.event)
+    assert event.kind == "memory.recalled" and event.content == "which gate is jammed?"
+    assert event.meta["returned"] == [str(h.record.id) for h in result]
+    assert jammed.id in event.causes
+    # and why() on it reaches the observation the memory came from
+    why = await hab.ledger.why(result.event)
+    assert seen.id in {e.id for e in why.nodes}
+
+
+async def test_remembered_memory_is_an_event_with_its_text_as_content(hab: Habitat) -> None:
+    record = await hab.memory("ada").remember("Bob owes me a book", at=_day(2024, 3, 1), tags=["debt"])
+    event = await hab.ledger.get(record.id)
+    assert event.kind == "memory.remembered"
+    assert event.actor == "agent:ada"
+    assert event.content == "Bob owes me a book"
+    assert event.at == _day(2024, 3, 1)
+    assert event.meta["scope"] == "agent:ada" and event.meta["tags"] == ["debt"]
+    again = await hab.memory("ada").get(record.id)
+    assert again.text == "Bob owes me a book" and again.at == _day(2024, 3, 1) and again.tags == ["debt"]
+
+
+async def test_time_expressions_in_the_query_prefer_memories_from_then(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    may = await mem.remember("We went hiking by the lake", at=_day(2023, 5, 14))
+    await mem.remember("We went hiking in the hills", at=_day(2023, 8, 2))
+    await mem.remember("We went hiking near the coast", at=_day(2022, 5, 20))
+    result = await mem.recall("where did we go hiking in May 2023?", k=3, now=_day(2024, 1, 1))
+    assert result.time_filter == "in May 2023"
+    assert result[0].record.id == may.id
+    assert result[0].why["time"] == "in May 2023"
+
+
+async def test_filters_since_until_kinds_tags_and_as_of(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    old = await mem.remember("apples are ripe", at=_day(2023, 1, 1), kind="observation", tags=["orchard"])
+    new = await mem.remember("apples are ripe again", at=_day(2024, 1, 1), kind="note")
+    got = await mem.recall("apples ripe", since=_day(2023, 6, 1))
+    assert [h.record.id for h in got] == [new.id]
+    got = await mem.recall("apples ripe", until=_day(2023, 6, 1))
+    assert [h.record.id for h in got] == [old.id]
+    got = await mem.recall("apples ripe", kinds=["observation"])
+    assert [h.record.id for h in got] == [old.id]
+    got = await mem.recall("apples ripe", tags=["orchard"])
+    assert [h.record.id for h in got] == [old.id]
+    got = await mem.recall("apples ripe", as_of=old.recorded_at)
+    assert [h.record.id for h in got] == [old.id]
+
+
+async def test_bad_input_is_refused_and_nothing_is_stored(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    before = await hab.ledger.count()
+    with pytest.raises(InvalidRequestError, match="non-empty string"):
+        await mem.remember("   ")
+    with pytest.raises(InvalidRequestError, match="importance"):
+        await mem.remember("x", importance=2)
+    with pytest.raises(InvalidRequestError, match="memory scope"):
+        await mem.remember("x", scope="team")
+    with pytest.raises(InvalidRequestError, match="ttl"):
+        await mem.remember("x", ttl=-1)
+    with pytest.raises(InvalidRequestError, match="unknown fields"):
+        await mem.remember_many(["fine", {"text": "bad", "colour": "red"}])
+    with pytest.raises(InvalidRequestError, match="k must be"):
+        await mem.recall("anything", k=0)
+    with pytest.raises(InvalidRequestError, match="query"):
+        await mem.recall("")
+    with pytest.raises(UnknownAgentError):
+        await hab.memory("nobody").remember("hello")
+    assert await hab.ledger.count() == before
+    assert await mem.memories() == []
+
+
+async def test_facts_are_bitemporal_and_superseded_not_deleted(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    paris = await mem.assert_fact("bob", "lives_in", "Paris", valid_from=_day(2020, 1, 1))
+    believed_paris = datetime.now(UTC)
+    berlin = await mem.assert_fact("bob", "lives_in", "Berlin", valid_from=_day(2023, 6, 1))
+    assert paris.current and berlin.current
+
+    now = await mem.facts("bob")
+    values = sorted((f.value, f.valid_from, f.valid_to) for f in now)
+    # Berlin from mid-2023; Paris still believed for 2020..2023 (a truncated copy)
+    assert values == [("Berlin", _day(2023, 6, 1), None), ("Paris", _day(2020, 1, 1), _day(2023, 6, 1))]
+    # what was believed before the second assertion: Paris, open-ended
+    then = await mem.facts("bob", as_of=believed_paris)
+    assert [(f.value, f.valid_to) for f in then] == [("Paris", None)]
+    # world-time questions
+    assert [f.value for f in await mem.facts("bob", valid_at=_day(2021, 1, 1))] == ["Paris"]
+    assert [f.value for f in await mem.facts("bob", valid_at=_day(2024, 1, 1))] == ["Berlin"]
+    # nothing deleted: the original Paris assertion is in the history, superseded by Berlin
+    history = await mem.facts("bob", history=True)
+    original = next(f for f in history if f.id == paris.id and f.valid_to is None)
+    assert original.superseded_by == berlin.id and not original.current
+    # the supersession is in the ledger: Berlin's assertion cites Paris's
+    event = await hab.ledger.get(berlin.id)
+    assert paris.id in event.causes and event.meta["supersedes"] == [str(paris.id)]
+    # asserting what is already believed records nothing new
+    count = await hab.ledger.count()
+    same = await mem.assert_fact("bob", "lives_in", "Berlin", valid_from=_day(2023, 6, 1))
+    assert same.id == berlin.id and await hab.ledger.count() == count
+
+
+async def test_fact_arguments_are_checked(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    with pytest.raises(InvalidRequestError, match="valid_to"):
+        await mem.assert_fact("bob", "age", 40, valid_from=_day(2024, 1, 1), valid_to=_day(2023, 1, 1))
+    with pytest.raises(InvalidRequestError, match="subject"):
+        await mem.assert_fact("", "age", 40)
+    with pytest.raises(InvalidRequestError, match="JSON"):
+        await mem.assert_fact("bob", "age", object())
+
+
+def _files_containing(root: Path, needle: bytes) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and needle.lower() in p.read_bytes().lower()]
+
+
+async def test_forget_erases_the_text_from_every_file_and_verify_still_passes(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    secret = "the spare key hides under the zanzibarite stone by the quokkaberry bush"
+    for i in range(30):  # enough others that the index has several segments
+        await mem.remember(f"ordinary day number {i} in the garden")
+    record = await mem.remember(secret, tags=["secret"])
+    await mem.remember("another ordinary day")
+    assert _files_containing(hab.path, b"zanzibarite")  # it is on disk before
+
+    done = await mem.forget(record, reason="asked to forget")
+    assert done.memory == record.id and done.scrubbed
+    for word in (b"zanzibarite", b"quokkaberri", b"quokkaberry", b"spare key hides"):
+        assert _files_containing(hab.path, word) == [], word
+    with pytest.raises(MemoryNotFoundError):
+        await mem.get(record.id)
+    assert all(h.record.id != record.id for h in await mem.recall("zanzibarite stone key"))
+    report = await hab.ledger.verify()
+    assert report.ok, report.problems
+    forgotten = await hab.ledger.get(done.event)
+    assert forgotten.kind == "memory.forgotten" and forgotten.meta["memory"] == str(record.id)
+    erased = await hab.ledger.get(record.id)
+    assert erased.erased and erased.content is None
+    with pytest.raises(MemoryNotFoundError):
+        await mem.forget(record.id, reason="again")
+
+
+async def test_scopes_isolate_agents_and_denials_are_recorded(hab: Habitat) -> None:
+    ada, bob = hab.memory("ada"), hab.memory("bob")
+    diary = await ada.remember("my diary: I am afraid of moths")
+    assert all(h.record.id != diary.id for h in await bob.recall("afraid of moths"))
+    with pytest.raises(ScopeDeniedError, match="agent:bob may not read agent:ada"):
+        await bob.recall("moths", scope="agent:ada")
+    with pytest.raises(ScopeDeniedError):
+        await bob.get(diary.id)
+    with pytest.raises(ScopeDeniedError):
+        await bob.forget(diary.id, reason="snooping")
+    with pytest.raises(ScopeDeniedError):
+        await bob.remember("planted", scope="agent:ada")
+    denials = (await hab.ledger.query(kind="policy.denied")).events
+    assert [(d.meta["principal"], d.meta["action"], d.meta["resource"]) for d in denials] == [
+        ("agent:bob", "memory:read", "agent:ada"),
+        ("agent:bob", "memory:read", "agent:ada"),
+        ("agent:bob", "memory:write", "agent:ada"),
+        ("agent:bob", "memory:write", "agent:ada"),
+    ]
+    # a grant opens ada's private scope to bob for reading only
+    await ada.grant("private", to="bob")
+    assert (await bob.recall("afraid of moths", scope="agent:ada"))[0].record.id == diary.id
+    with pytest.raises(ScopeDeniedError):
+        await bob.remember("planted", scope="agent:ada")
+    await ada.revoke("private", "bob")
+    with pytest.raises(ScopeDeniedError):
+        await bob.recall("moths", scope="agent:ada")
+
+
+async def test_group_and_public_scopes(hab: Habitat) -> None:
+    await hab.memories.grant("group:crew", "ada", write=True)
+    await hab.memories.grant("group:crew", "bob")
+    shared = await hab.memory("ada").remember("the crew meets at dawn", scope="group:crew")
+    assert (await hab.memory("bob").recall("when does the crew meet"))[0].record.id == shared.id
+    with pytest.raises(ScopeDeniedError):
+        await hab.memory("bob").remember("no", scope="group:crew")
+    assert all(h.record.id != shared.id for h in await hab.memory("cy").recall("when does the crew meet"))
+    public = await hab.memory("cy").remember("the well water is safe", scope="public")
+    assert (await hab.memory("bob").recall("is the well water safe"))[0].record.id == public.id
+    # a crafted scope string is refused, not interpreted
+    with pytest.raises(InvalidRequestError):
+        await hab.memory("bob").recall("x", scope="group:crew' OR 1=1 --")
+
+
+async def test_reindex_after_changing_the_embedder(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    target = await mem.remember("the violin is in the attic")
+    await mem.remember("bread rises overnight")
+    hab.use_embedder(HashEmbedder(dim=64))  # another model: old vectors no longer count
+    got = await mem.recall("violin attic")
+    assert "dense" not in got[0].why  # found by words only
+    count = await hab.memories.reindex()
+    assert count == 2
+    got = await mem.recall("violin attic")
+    assert got[0].record.id == target.id and "dense" in got[0].why
+    assert got[0].record.embedder == HashEmbedder(dim=64).name
+    events = (await hab.ledger.query(kind="memory.reindexed")).events
+    assert events and events[-1].meta["count"] == 2
+    assert await hab.memories.reindex() == 0
+
+
+async def test_lexical_only_habitat_recalls_by_words(tmp_path: Path) -> None:
+    settings = Settings.resolve(config_file=None, environ={}, path=tmp_path / "h", embedder="lexical")
+    async with await Habitat.init(settings.path, settings=settings) as hab:
+        await hab.agents.spawn("ada", behaviour="noop")
+        mem = hab.memory("ada")
+        hit = await mem.remember("the copper kettle whistles")
+        await mem.remember("rain on the roof")
+        got = await mem.recall("kettle whistling")
+        assert got[0].record.id == hit.id and set(got[0].why) == {"lexical"}
+        assert got[0].record.embedder is None
+
+
+async def test_ttl_and_capacity_forget_through_erasure(tmp_path: Path) -> None:
+    settings = Settings.resolve(config_file=None, environ={}, path=tmp_path / "h", embedder="hash", memory_capacity=3)
+    async with await Habitat.init(settings.path, settings=settings) as hab:
+        await hab.agents.spawn("ada", behaviour="noop")
+        mem = hab.memory("ada")
+        keep = await mem.remember("important: the password rotates monthly", importance=0.9)
+        for i in range(4):
+            await mem.remember(f"trivia {i}", importance=0.1)
+        kept = await mem.memories()
+        assert len(kept) == 3 and keep.id in {r.id for r in kept}
+        short = await mem.remember("a fleeting thought", ttl=60, importance=1.0)
+        assert await hab.memories.sweep(now=datetime.now(UTC) + timedelta(minutes=2)) >= 1
+        assert short.id not in {r.id for r in await mem.memories()}
+        causes = {e.meta["cause"] for e in (await hab.ledger.query(kind="memory.forgotten")).events}
+        assert causes == {"capacity", "ttl"}
+        assert (await hab.ledger.verify()).ok
+
+
+async def test_remember_many_is_all_or_nothing(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    records = await mem.remember_many(["one", {"text": "two", "kind": "observation"}, "three"])
+    assert [r.text for r in records] == ["one", "two", "three"]
+    assert records[0].seq < records[1].seq < records[2].seq
+    with pytest.raises(InvalidRequestError):
+        await mem.remember_many(["four", {"text": ""}])
+    assert len(await mem.memories()) == 3
+
+
+def test_sync_facade_with_the_real_model(sync_habitat: SyncHabitat) -> None:
+    sync_habitat.spawn("ada")
+    mem = sync_habitat.memory("ada")
+    record = mem.remember("The ferry to the island leaves at seven in the morning")
+    mem.remember("My sister collects old stamps")
+    hits = mem.recall("when does the boat depart?")
+    assert hits[0].record.id == record.id
+    assert hits[0].record.embedder is not None and "MiniLM" in hits[0].record.embedder
+    with pytest.raises(MemoryNotFoundError):
+        mem.get(uuid.uuid4())
