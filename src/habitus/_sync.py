@@ -130,6 +130,7 @@ class SyncAgentMemory:
     scopes = _bridge(AgentMemory.scopes)
     grant = _bridge(AgentMemory.grant)
     revoke = _bridge(AgentMemory.revoke)
+    consolidate = _bridge(AgentMemory.consolidate)
 
 
 class SyncMemories:

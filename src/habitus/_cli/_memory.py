@@ -262,6 +262,7 @@ def reindex(obj: _Context) -> None:
 
     async def work(hab: Habitat) -> str:
         count = await hab.memories.reindex()
-        return f"re-embedded {count} memories with {hab.memories.embedder.name}"
+        noun = "memory" if count == 1 else "memories"
+        return f"re-embedded {count} {noun} with {hab.memories.embedder.name}"
 
     click.echo(_with_habitat(obj, read_only=False, work=work))

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +60,10 @@ from habitus.storage._projections import Op
 if TYPE_CHECKING:
     from habitus._settings import Settings
 
-__all__ = ["AgentMemory", "MemoryService"]
+__all__ = ["AgentMemory", "MemoryService", "Summarizer"]
+
+Summarizer = Callable[[list[MemoryRecord]], Awaitable[str]]
+"""Writes a summary of episodes (a model from the gateway, say) for :meth:`AgentMemory.consolidate`."""
 
 log = logging.getLogger("habitus.memory")
 
@@ -278,10 +281,30 @@ class MemoryService:
             out.extend(r for r in rows if r.embedder != want)
         return out
 
-    async def sweep(self, *, now: datetime | None = None) -> int:
-        """Forget memories past their TTL, and the least valuable beyond ``memory_capacity``; return how many."""
+    async def sweep(self, *, now: datetime | None = None, decay_below: float | None = None) -> int:
+        """Forget what has had its time; return how many memories were forgotten.
+
+        * memories past their TTL (cause ``ttl``);
+        * with ``decay_below``, memories whose value fell under it (cause ``decay``): a
+          memory's value is its importance divided by ``1 + days since last used / 30``
+          (used = recalled, else stored), so unimportant, unused memories fade first;
+        * the least valuable beyond the ``memory_capacity`` setting (cause ``capacity``).
+
+        Each is erased through the ledger like :meth:`AgentMemory.forget`.
+        """
         now_us = to_micros(_aware(now, "now") or _now())
         forgotten = 0
+        if decay_below is not None:
+            if not 0 < decay_below <= 1:
+                raise InvalidRequestError(f"decay_below must be in (0, 1], not {decay_below!r}")
+            while True:
+                rows = await asyncio.to_thread(self._store.memory_below_value, decay_below, now_us, 500)
+                if not rows:
+                    break
+                await self._forget_rows(
+                    rows, reason=f"its value decayed below {decay_below}", cause="decay", by="system"
+                )
+                forgotten += len(rows)
         while True:
             rows = await asyncio.to_thread(self._store.memory_expired, now_us, 500)
             if not rows:
@@ -824,6 +847,90 @@ class AgentMemory:
             [target], reason=reason, by=self.principal, drafts=[draft], ops=ops
         )
         return Forgotten(memory=mid, event=events[1].id, erasure=events[0].id, scrubbed=scrubbed)
+
+    # -- consolidation ----------------------------------------------------------------------
+
+    async def consolidate(
+        self,
+        *,
+        kinds: Iterable[str] = ("message", "observation", "note"),
+        min_records: int = 3,
+        sentences: int = 3,
+        summarize: Summarizer | None = None,
+    ) -> list[MemoryRecord]:
+        """Turn episodes into summary notes linked to their sources; return the notes made.
+
+        Memories of ``kinds`` in this agent's private scope that no summary covers yet are
+        grouped by thread (or, without a thread, by day of world time); each group of at
+        least ``min_records`` becomes one ``summary`` memory whose sources are the
+        episodes, so ``why`` on the note reaches them. Without ``summarize`` the note is
+        extractive: the ``sentences`` episodes closest to the group's centroid (by their
+        vectors, or by shared words when lexical-only), in their original order. With
+        ``summarize`` (for example a model from the gateway), its text is used instead.
+        Running it again consolidates only what is new.
+        """
+        if isinstance(min_records, bool) or not isinstance(min_records, int) or min_records < 1:
+            raise InvalidRequestError(f"min_records must be a positive integer, not {min_records!r}")
+        kind_list = list(kinds)
+        store = self._svc._store
+
+        def everything() -> list[MemoryRow]:
+            out: list[MemoryRow] = []
+            while page := store.memory_list([self.private], after=out[-1].rid if out else 0, limit=5000):
+                out.extend(page)
+            return out
+
+        rows = await asyncio.to_thread(everything)
+        covered: set[bytes] = set()
+        for row in rows:
+            if row.kind == "summary" and row.sources:
+                covered.update(row.sources[i : i + 16] for i in range(0, len(row.sources), 16))
+        groups: dict[str, list[MemoryRow]] = {}
+        for row in rows:
+            if row.kind in kind_list and row.id not in covered:
+                key = row.thread or (from_micros(row.at).date().isoformat() if row.at is not None else "undated")
+                groups.setdefault(key, []).append(row)
+        made: list[MemoryRecord] = []
+        for key, members in groups.items():
+            if len(members) < min_records:
+                continue
+            if summarize is not None:
+                text = await summarize([_record_from_row(r) for r in members])
+            else:
+                text = await asyncio.to_thread(self._extract, members, sentences)
+            dated = [r.at for r in members if r.at is not None]
+            made.append(
+                await self.remember(
+                    text,
+                    kind="summary",
+                    source=[uuid.UUID(bytes=r.id) for r in members],
+                    at=from_micros(max(dated)) if dated else None,
+                    meta={"consolidates": len(members), "group": key},
+                    thread=members[0].thread,
+                    importance=max(r.importance for r in members),
+                )
+            )
+        return made
+
+    def _extract(self, members: Sequence[MemoryRow], sentences: int) -> str:
+        """The ``sentences`` members most central to the group, in their original order."""
+        svc = self._svc
+        vectors = svc._store.memory_vectors_of([r.rid for r in members])
+        name = svc.embedder.name
+        usable = [r for r in members if r.rid in vectors and vectors[r.rid][0] == name]
+        if len(usable) == len(members):
+            matrix = np.stack([np.frombuffer(vectors[r.rid][1], dtype=np.float32) for r in members])
+            centrality = matrix @ matrix.mean(axis=0)
+        else:  # lexical: how many of the group's frequent words each member shares
+            bags = [set(analyse(r.text, _now()).terms) for r in members]
+            counts: dict[str, int] = {}
+            for bag in bags:
+                for word in bag:
+                    counts[word] = counts.get(word, 0) + 1
+            centrality = np.array([sum(counts[w] - 1 for w in bag) / (1 + len(bag)) ** 0.5 for bag in bags])
+        best = sorted(np.argsort(-centrality)[: max(1, sentences)].tolist())
+        parts = [label(members[i].speaker, members[i].text) for i in best]
+        return f"Summary of {len(members)} memories: " + " … ".join(parts)
 
     # -- facts ------------------------------------------------------------------------------
 

@@ -254,6 +254,10 @@ class MemoryStore(Protocol):
         """The ``count`` least valuable memories of a scope by importance and recency."""
         ...
 
+    def memory_below_value(self, value: float, now: int, limit: int) -> list[MemoryRow]:
+        """Memories whose decayed value (importance over 1 + days unused / 30) is below ``value``."""
+        ...
+
     def memory_embedders(self) -> dict[str | None, int]:
         """How many memories each embedder's vectors cover (``None``: no vector)."""
         ...

@@ -88,6 +88,9 @@ _INSERT_EDGES = "INSERT OR IGNORE INTO edges_recent (cause, effect) VALUES "
 _INSERT_NODES = "INSERT INTO nodes (level, idx, hash) VALUES "
 _INSERT_POSTINGS = "INSERT INTO postings_recent (key, first, last, offsets) VALUES "
 _UNKNOWN = -1
+# A memory's value: its importance, decaying with the time since last used (recalled, else
+# stored): halved after 30 days, a third after 60... (plain arithmetic: no SQL math functions).
+_VALUE = "(importance / (1.0 + (? - coalesce(recalled, recorded)) / 2592000000000.0))"
 _WAL_PAGES = 8000  # fewer, larger WAL checkpoints: pages rewritten by many commits are copied once
 _CHUNK = 500  # SQLite's default limit on host parameters is far above this
 _MAX_PARAMS = 30_000  # below SQLITE_MAX_VARIABLE_NUMBER (32766 since SQLite 3.32)
@@ -629,10 +632,12 @@ class SQLiteStore:
 
     def memory_candidates_to_drop(self, scope: str, count: int, now: int) -> list[MemoryRow]:
         """The ``count`` least valuable memories of a scope: low importance, long unused."""
-        # value = importance, decaying with the time since last used (recalled, else recorded):
-        # halved after 30 days, a third after 60... (plain arithmetic: no SQL math functions needed)
-        order = "importance / (1.0 + (? - coalesce(recalled, recorded)) / 2592000000000.0)"
-        return self._read(lambda c: read_memories(c, f"scope = ? ORDER BY {order}, rid LIMIT ?", (scope, now, count)))
+        return self._read(lambda c: read_memories(c, f"scope = ? ORDER BY {_VALUE}, rid LIMIT ?", (scope, now, count)))
+
+    def memory_below_value(self, value: float, now: int, limit: int) -> list[MemoryRow]:
+        """Memories whose decayed value is below ``value``, least valuable first."""
+        where = f"{_VALUE} < ? ORDER BY {_VALUE}, rid LIMIT ?"
+        return self._read(lambda c: read_memories(c, where, (now, value, now, limit)))
 
     def memory_embedders(self) -> dict[str | None, int]:
         """How many memories each embedder's vectors cover."""
