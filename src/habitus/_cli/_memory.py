@@ -83,6 +83,9 @@ def remember(
 @click.option("--tag", "tags", multiple=True, help="Only memories with this tag (repeatable).")
 @click.option("--scope", "scopes", multiple=True, help="Search only this scope (repeatable).")
 @click.option("--now", metavar="TIME", help="'Now' for expressions like 'last week' (default: the clock).")
+@click.option(
+    "--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid", show_default=True, help="Signals."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON (scores, why, provenance).")
 @click.pass_obj
 def recall(
@@ -96,6 +99,7 @@ def recall(
     tags: tuple[str, ...],
     scopes: tuple[str, ...],
     now: str | None,
+    mode: str,
     as_json: bool,
 ) -> None:
     """Recall what AGENT remembers about QUERY, best first (recorded as memory.recalled)."""
@@ -110,6 +114,7 @@ def recall(
             tags=tags or None,
             scope=list(scopes) or None,
             now=_parse_time(now, "--now"),
+            mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
         )
 
     result = _with_habitat(obj, read_only=False, work=work)

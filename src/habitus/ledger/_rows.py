@@ -131,3 +131,7 @@ class CommittedEvents(Sequence[Event]):
 
     def __repr__(self) -> str:
         return f"CommittedEvents({len(self._rows)} events)"
+
+    def seqs_and_times(self) -> list[tuple[int, int]]:
+        """``(seq, ts in UTC µs)`` of each event, without building the events."""
+        return [(r[0], r[2]) for r in self._rows]

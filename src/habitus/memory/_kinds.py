@@ -23,6 +23,7 @@ class RememberedMeta(MetaModel):
     agent: _Name
     scope: _Name
     kind: _Name
+    speaker: _Name | None = None
     tags: Annotated[list[_Name], Field(default_factory=list, max_length=32)]
     attrs: dict[str, Any] = Field(default_factory=dict)
     importance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5

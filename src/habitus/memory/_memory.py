@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from habitus.errors import (
 from habitus.ledger._codec import from_micros, to_micros
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._models import Draft, Event
-from habitus.ledger._rows import EventRef, as_uuid
+from habitus.ledger._rows import CommittedEvents, EventRef, as_uuid
 from habitus.ledger._transaction import Transaction
 from habitus.memory import _kinds  # noqa: F401  (registers the memory kinds)
 from habitus.memory._embedders import Embedder, resolve_embedder
@@ -500,11 +500,14 @@ class AgentMemory:
             async with svc._ledger.transaction() as tx:
                 ids = self._stage(tx, drafts, vectors, ename)
             events = tx.events
-        records = [_record_from_draft(self.agent, d, ids[i], ename) for i, d in enumerate(drafts)]
+        if events is None:  # staged in a handler's transaction: seq and time come when it commits
+            placed = [(0, to_micros(_now()))] * len(drafts)
+        elif isinstance(events, CommittedEvents):
+            placed = events.seqs_and_times()
+        else:
+            placed = [(e.seq, to_micros(e.ts)) for e in events]
+        records = [_record_from_draft(self.agent, d, ids[i], ename, *placed[i]) for i, d in enumerate(drafts)]
         if events is not None:
-            records = [
-                r.model_copy(update={"seq": e.seq, "recorded_at": e.ts}) for r, e in zip(records, events, strict=True)
-            ]
             capacity = svc._settings.memory_capacity
             if capacity:
                 for scope in {d["scope"] for d in drafts}:
@@ -576,8 +579,11 @@ class AgentMemory:
             meta: dict[str, Any] = {"agent": self.agent, "scope": d["scope"], "kind": d["kind"]}
             if d["tags"]:
                 meta["tags"] = d["tags"]
-            if d["meta"]:
-                meta["attrs"] = d["meta"]
+            if d["speaker"] is not None:
+                meta["speaker"] = d["speaker"]
+            attrs = {k: v for k, v in d["meta"].items() if k != "speaker"} if d["meta"] else None
+            if attrs:
+                meta["attrs"] = attrs
             if d["importance"] != 0.5:
                 meta["importance"] = d["importance"]
             if d["expires"] is not None:
@@ -602,7 +608,7 @@ class AgentMemory:
                     text=d["text"],
                     speaker=d["speaker"],
                     at=to_micros(d["at"]) if d["at"] is not None else None,
-                    tags=_json(d["tags"]),
+                    tags=_json(d["tags"]) if d["tags"] else "[]",
                     attrs=d["attrs"],
                     importance=d["importance"],
                     expires=d["expires"],
@@ -629,6 +635,7 @@ class AgentMemory:
         as_of: datetime | None = None,
         scope: str | Iterable[str] | None = None,
         now: datetime | None = None,
+        mode: Literal["hybrid", "dense", "lexical"] = "hybrid",
     ) -> Recall:
         """Recall the ``k`` memories that best answer ``query``, best first.
 
@@ -647,6 +654,8 @@ class AgentMemory:
             as_of: Only memories recorded at or before this time.
             scope: A scope or scopes to search (default: every scope this agent may read).
             now: "Now" for relative time expressions (default: the clock).
+            mode: ``hybrid`` (every signal), ``dense`` (vectors, speaker and time; no
+                full-text search) or ``lexical`` (no vectors).
 
         Raises:
             InvalidRequestError: A malformed argument.
@@ -656,6 +665,8 @@ class AgentMemory:
             raise InvalidRequestError(
                 f"the query must be a non-empty string of at most 10,000 characters, not {query!r}"
             )
+        if mode not in ("hybrid", "dense", "lexical"):
+            raise InvalidRequestError(f"mode must be 'hybrid', 'dense' or 'lexical', not {mode!r}")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= _MAX_K:
             raise InvalidRequestError(f"k must be an integer from 1 to {_MAX_K}, not {k!r}")
         since, until, as_of = _aware(since, "since"), _aware(until, "until"), _aware(as_of, "as_of")
@@ -677,8 +688,8 @@ class AgentMemory:
         info = analyse(query, now)
         if info.time is not None and info.time.anchor is not None:
             info = await self._resolve_anchor(info, scopes, now)
-        qvec = await svc.embed([query])
-        evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k)
+        qvec = await svc.embed([query]) if mode != "lexical" else None
+        evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k, mode != "dense")
         ranked = rank(info, evidence, now=now, tuning=svc.tuning)
         hits: list[Hit] = []
         for s in ranked:
@@ -691,7 +702,14 @@ class AgentMemory:
         event = await self._record_recall(query, k, scopes, hits)
         return Recall(hits=hits, event=event, query=query, time_filter=info.time.expression if info.time else None)
 
-    def _evidence(self, info: QueryInfo, qvec: np.ndarray[Any, Any] | None, scopes: Sequence[str], k: int) -> Evidence:
+    def _evidence(
+        self,
+        info: QueryInfo,
+        qvec: np.ndarray[Any, Any] | None,
+        scopes: Sequence[str],
+        k: int,
+        lexical: bool = True,
+    ) -> Evidence:
         """Gather each signal's evidence for ``info`` over ``scopes`` (runs in a worker thread)."""
         svc = self._svc
         store = svc._store
@@ -702,11 +720,11 @@ class AgentMemory:
             return ev
         exact = total <= tuning.exact_below
         n = total if exact else max(tuning.candidates, 3 * k)
-        expr = fts_expression(info.terms)
+        expr = fts_expression(info.terms) if lexical else None
         if expr:
-            lexical = store.memory_search(expr, scopes, n)
-            ev.lexical = dict(lexical)
-            ev.lexical_complete = len(lexical) < n or exact
+            found_text = store.memory_search(expr, scopes, n)
+            ev.lexical = dict(found_text)
+            ev.lexical_complete = len(found_text) < n or exact
             ev.threads = {tid: (score, size) for tid, score, size in store.memory_thread_search(expr, scopes, n)}
         space = svc._vectors()
         if qvec is not None and space is not None:
@@ -1093,16 +1111,19 @@ def _record_from_row(row: MemoryRow) -> MemoryRecord:
     )
 
 
-def _record_from_draft(agent: str, d: Mapping[str, Any], id_: uuid.UUID, embedder: str | None) -> MemoryRecord:
-    return MemoryRecord(
+def _record_from_draft(
+    agent: str, d: Mapping[str, Any], id_: uuid.UUID, embedder: str | None, seq: int, ts: int
+) -> MemoryRecord:
+    # built from checked input: no second validation on the write path
+    return MemoryRecord.model_construct(
         id=id_,
-        seq=0,
+        seq=seq,
         agent=agent,
         scope=d["scope"],
         kind=d["kind"],
         text=d["text"],
         at=d["at"],
-        recorded_at=_now(),
+        recorded_at=from_micros(ts),
         tags=d["tags"],
         attrs=d["meta"],
         sources=d["sources"],

@@ -34,6 +34,7 @@ __all__ = [
     "SCHEMA",
     "apply_memory_op",
     "purge_fulltext",
+    "put_memories",
     "read_facts",
     "read_memories",
     "scope_token",
@@ -110,7 +111,7 @@ def scope_token(scope: str) -> str:
 def apply_memory_op(conn: sqlite3.Connection, op: MemoryOp, seq_of: dict[bytes, int], ts_of: dict[int, int]) -> None:
     """Apply one memory op inside the caller's transaction."""
     if isinstance(op, MemoryPut):
-        _put(conn, op, seq_of[op.event], ts_of)
+        put_memories(conn, [op], seq_of, ts_of)
     elif isinstance(op, MemoryDelete):
         _delete(conn, op.rid)
     elif isinstance(op, MemoryTouch):
@@ -161,60 +162,82 @@ def apply_memory_op(conn: sqlite3.Connection, op: MemoryOp, seq_of: dict[bytes, 
         conn.execute("DELETE FROM memory_grants WHERE scope = ? AND agent = ?", (op.scope, op.agent))
 
 
-def _put(conn: sqlite3.Connection, op: MemoryPut, rid: int, ts_of: dict[int, int]) -> None:
-    tid: int | None = None
-    if op.thread is not None:
+def put_memories(
+    conn: sqlite3.Connection, ops: Sequence[MemoryPut], seq_of: dict[bytes, int], ts_of: dict[int, int]
+) -> None:
+    """Store a run of new memories with as few statements as possible.
+
+    Each memory's full-text row holds it and the :data:`CONTEXT_PREVIOUS` memories before
+    it in its thread (earlier ones of the same run included); each thread touched has its
+    row written again once, at the end.
+    """
+    tids: dict[tuple[str, str], int] = {}
+    recent: dict[int, list[str]] = {}
+    added: dict[tuple[str, str], int] = {}
+    for op in ops:
+        if op.thread is not None:
+            added[(op.scope, op.thread)] = added.get((op.scope, op.thread), 0) + 1
+    for (scope, thread), n in added.items():
         conn.execute(
-            "INSERT INTO memory_thread_ids (scope, thread, count) VALUES (?, ?, 1) "
-            "ON CONFLICT (scope, thread) DO UPDATE SET count = count + 1",
-            (op.scope, op.thread),
+            "INSERT INTO memory_thread_ids (scope, thread, count) VALUES (?, ?, ?) "
+            "ON CONFLICT (scope, thread) DO UPDATE SET count = count + excluded.count",
+            (scope, thread, n),
         )
         tid = conn.execute(
-            "SELECT tid FROM memory_thread_ids WHERE scope = ? AND thread = ?", (op.scope, op.thread)
+            "SELECT tid FROM memory_thread_ids WHERE scope = ? AND thread = ?", (scope, thread)
         ).fetchone()[0]
-    conn.execute(
+        tids[(scope, thread)] = tid
+        earlier = conn.execute(
+            "SELECT speaker, text FROM memories WHERE tid = ? ORDER BY rid DESC LIMIT ?", (tid, CONTEXT_PREVIOUS)
+        ).fetchall()
+        recent[tid] = [label(sp, t) for sp, t in reversed(earlier)]
+    rows: list[tuple[object, ...]] = []
+    texts: list[tuple[object, ...]] = []
+    vectors: list[tuple[object, ...]] = []
+    scopes: dict[str, int] = {}
+    speakers: dict[tuple[str, str], int] = {}
+    for op in ops:
+        rid = seq_of[op.event]
+        tid = tids[(op.scope, op.thread)] if op.thread is not None else None
+        rows.append(
+            (
+                rid, op.event, op.agent, op.scope, op.kind, op.text, op.speaker, op.at, ts_of[rid], op.tags,
+                op.attrs, op.importance, op.expires, op.thread, tid, op.sources, op.embedder,
+            )
+        )  # fmt: skip
+        own = label(op.speaker, op.text)
+        if tid is None:
+            body = own
+        else:
+            before = recent[tid]
+            body = "\n".join([*before, own])
+            recent[tid] = [*before, own][-CONTEXT_PREVIOUS:] if CONTEXT_PREVIOUS else []
+        texts.append((rid, body, scope_token(op.scope)))
+        if op.vector is not None and op.embedder is not None:
+            vectors.append((rid, op.scope, op.embedder, op.vector))
+        scopes[op.scope] = scopes.get(op.scope, 0) + 1
+        if op.speaker is not None:
+            speakers[(op.scope, op.speaker)] = speakers.get((op.scope, op.speaker), 0) + 1
+    conn.executemany(
         f"INSERT INTO memories ({_MEMORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0)",
-        (
-            rid,
-            op.event,
-            op.agent,
-            op.scope,
-            op.kind,
-            op.text,
-            op.speaker,
-            op.at,
-            ts_of[rid],
-            op.tags,
-            op.attrs,
-            op.importance,
-            op.expires,
-            op.thread,
-            tid,
-            op.sources,
-            op.embedder,
-        ),
+        rows,
     )
-    conn.execute(
-        "INSERT INTO memory_text (rowid, body, scope) VALUES (?, ?, ?)",
-        (rid, _context_body(conn, rid, tid, label(op.speaker, op.text)), scope_token(op.scope)),
+    conn.executemany("INSERT INTO memory_text (rowid, body, scope) VALUES (?, ?, ?)", texts)
+    if vectors:
+        conn.executemany("INSERT INTO memory_vectors (rid, scope, embedder, vec) VALUES (?, ?, ?, ?)", vectors)
+    conn.executemany(
+        "INSERT INTO memory_scopes (scope, count) VALUES (?, ?) "
+        "ON CONFLICT (scope) DO UPDATE SET count = count + excluded.count",
+        list(scopes.items()),
     )
-    if op.vector is not None and op.embedder is not None:
-        conn.execute(
-            "INSERT INTO memory_vectors (rid, scope, embedder, vec) VALUES (?, ?, ?, ?)",
-            (rid, op.scope, op.embedder, op.vector),
+    if speakers:
+        conn.executemany(
+            "INSERT INTO memory_speakers (scope, speaker, count) VALUES (?, ?, ?) "
+            "ON CONFLICT (scope, speaker) DO UPDATE SET count = count + excluded.count",
+            [(sc, sp, n) for (sc, sp), n in speakers.items()],
         )
-    conn.execute(
-        "INSERT INTO memory_scopes (scope, count) VALUES (?, 1) ON CONFLICT (scope) DO UPDATE SET count = count + 1",
-        (op.scope,),
-    )
-    if op.speaker is not None:
-        conn.execute(
-            "INSERT INTO memory_speakers (scope, speaker, count) VALUES (?, ?, 1) "
-            "ON CONFLICT (scope, speaker) DO UPDATE SET count = count + 1",
-            (op.scope, op.speaker),
-        )
-    if tid is not None:
-        _refresh_thread(conn, tid, op.scope)
+    for (scope, _), tid in tids.items():
+        _refresh_thread(conn, tid, scope)
 
 
 def _delete(conn: sqlite3.Connection, rid: int) -> None:

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from habitus.errors import IntegrityError
-from habitus.storage._memory import MEMORY_OPS
+from habitus.storage._memory import MEMORY_OPS, MemoryPut
 from habitus.storage._projections import (
     AgentPut,
     AgentRow,
@@ -23,7 +23,7 @@ from habitus.storage._projections import (
     TimerPut,
     TimerRow,
 )
-from habitus.storage._sqlite_memory import apply_memory_op
+from habitus.storage._sqlite_memory import apply_memory_op, put_memories
 
 __all__ = ["SCHEMA", "apply_ops", "read_agent", "read_agents", "read_mailbox", "read_state", "read_timers"]
 
@@ -63,13 +63,20 @@ def _seq(seq_of: dict[bytes, int], event: bytes) -> int:
 def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, int], ts_of: dict[int, int]) -> None:
     """Apply projection ops inside the caller's transaction, in order."""
     mail: list[tuple[str, int, str]] = []
+    memories: list[MemoryPut] = []
     for op in ops:
         if isinstance(op, MailboxPut):
             mail.append((op.agent, _seq(seq_of, op.event), op.sender))
             continue
+        if isinstance(op, MemoryPut):
+            memories.append(op)
+            continue
         if mail:
             conn.executemany("INSERT INTO mailbox (agent, msg, sender) VALUES (?, ?, ?)", mail)
             mail = []
+        if memories:
+            _put_memories(conn, memories, seq_of, ts_of)
+            memories = []
         if isinstance(op, MEMORY_OPS):
             try:
                 apply_memory_op(conn, op, seq_of, ts_of)
@@ -115,6 +122,17 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
             conn.execute("DELETE FROM timers WHERE timer = ?", (op.timer,))
     if mail:
         conn.executemany("INSERT INTO mailbox (agent, msg, sender) VALUES (?, ?, ?)", mail)
+    if memories:
+        _put_memories(conn, memories, seq_of, ts_of)
+
+
+def _put_memories(
+    conn: sqlite3.Connection, ops: Sequence[MemoryPut], seq_of: dict[bytes, int], ts_of: dict[int, int]
+) -> None:
+    try:
+        put_memories(conn, ops, seq_of, ts_of)
+    except KeyError:
+        raise IntegrityError("a memory change names an event that is not in its transaction") from None
 
 
 def read_agent(conn: sqlite3.Connection, agent: str) -> AgentRow | None:

@@ -1,0 +1,274 @@
+"""Recall benchmark: a million memories across a thousand agents, plus one agent holding a million itself.
+
+Everything goes through the public API (``remember_many``, ``recall``) of a habitat on disk.
+
+* Corpus: ``--memories`` N (1,000,000) memories spread over 1,000 agents, plus N held by one
+  agent. Texts are real English: sentences of the LoCoMo conversations in ``--data`` recombined
+  (half of one turn + half of another), with a speaker, a world time over two years and a
+  thread of 20 memories, so the full-text index is real. Embedding 2N texts on two cores
+  would take hours, so the STORED vectors are synthetic (``_vectors_data.clustered_vectors``,
+  fitted to MiniLM's similarity profile); every QUERY is real text embedded by the real
+  model inside ``recall``.
+* ``p50_ms``/``p95_ms``: ``recall(question, k=10, mode="dense")`` on the big agent, end to end
+  through the API (embedding the query with the real model, the vector index, ranking, fetching
+  the rows, appending its ``memory.recalled`` event): the path the target and the exact
+  baseline are about. ``hybrid_p50_ms``/``hybrid_p95_ms``: the default ``mode="hybrid"``, which adds
+  the two full-text searches. ``small_p50_ms``/``small_p95_ms``: hybrid recall on random
+  1,000-memory agents.
+* ``exact_p50_ms``/``exact_p95_ms``: embedding the same question plus brute-force numpy (one
+  matrix product over the big agent's N vectors and a top-10) in the same run.
+* ``recall_vs_exact``: |top-10 of the vector index ∩ exact top-10| / 10, for the same real query
+  vectors; ``recall_vs_exact_near`` the same for synthetic queries drawn near the clusters.
+* ``index_build_s``: loading the big agent's vectors and building its index (first search).
+* ``write_overhead``: remembering 1,024 real texts with the real model in batches of 128,
+  over the model alone embedding the same texts in the same batches (0.10 = 10% more);
+  best of three of each, alternated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import log, pct
+from _vectors_data import clustered_vectors, queries_near
+from habitus import Habitat, Settings
+from habitus.memory import Embedder, LocalEmbedder
+
+AGENTS = 1000
+K = 10
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/locomo-dev"
+_FALLBACK = (
+    "We went hiking by the lake last weekend and saw a heron. My sister started painting landscapes again. "
+    "The bakery on the corner closed for the winter. I finally finished that novel about the lighthouse. "
+    "Our team won the charity football match on Sunday. The garden needs watering twice a week in summer."
+)
+
+
+class BenchEmbedder:
+    """The real model for queries; pre-drawn synthetic vectors while the corpus is stored."""
+
+    def __init__(self, real: Embedder) -> None:
+        self.real = real
+        self.queue: np.ndarray[Any, Any] | None = None  # vectors for the texts being stored, in order
+
+    @property
+    def name(self) -> str:
+        return self.real.name
+
+    @property
+    def dim(self) -> int:
+        return self.real.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        if self.queue is not None and len(self.queue):
+            out, self.queue = self.queue[: len(texts)], self.queue[len(texts) :]
+            assert len(out) == len(texts)
+            return out
+        return self.real.embed(texts)
+
+
+def sentences(data: Path) -> tuple[list[str], list[str]]:
+    """Turn texts and questions of the LoCoMo files in ``data`` (a fallback text without them)."""
+    turns: list[str] = []
+    questions: list[str] = []
+    for path in sorted(data.glob("*.json")) if data.exists() else []:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        for key, value in d.items():
+            if re.fullmatch(r"session_\d+", key):
+                turns.extend(t["text"] for t in value)
+        questions.extend(q["question"] for q in d.get("qa", []) if q.get("category") != 5)
+    if not turns:
+        turns = [s.strip() + "." for s in _FALLBACK.split(".") if s.strip()]
+        questions = ["Where did we go hiking?", "What did my sister start again?", "Who won the football match?"]
+    return turns, questions
+
+
+def corpus_items(n: int, turns: list[str], rng: random.Random, start: datetime) -> list[dict[str, Any]]:
+    names = ["Ada", "Bo", "Cyra", "Dev", "Elin", "Farid", "Gia", "Hana", "Ivo", "Jun"]
+    items = []
+    for i in range(n):
+        a, b = rng.choice(turns), rng.choice(turns)
+        text = a[: max(1, len(a) // 2)] + " " + b[len(b) // 2 :]
+        items.append(
+            {
+                "text": text,
+                "at": start + timedelta(minutes=i * 1051 % (730 * 24 * 60)),
+                "kind": "message",
+                "thread": f"t{i // 20}",
+                "meta": {"speaker": names[i % len(names)]},
+            }
+        )
+    return items
+
+
+async def ingest(
+    hab: Habitat, emb: BenchEmbedder, n: int, turns: list[str]
+) -> tuple[np.ndarray[Any, Any], dict[int, int], float]:
+    """Store the corpus; return the big agent's vectors, its memories' keys to their rows there, and the time."""
+    rng = random.Random(7)
+    start = datetime(2023, 1, 1, tzinfo=UTC)
+    per = max(1, n // AGENTS)
+    t0 = time.perf_counter()
+    for a in range(AGENTS):
+        agent = f"a{a:04d}"
+        await hab.agents.spawn(agent, behaviour="bench")
+        vectors = clustered_vectors(per, seed=1000 + a, clusters=max(1, per // 10))
+        emb.queue = vectors
+        await hab.memory(agent).remember_many(corpus_items(per, turns, rng, start))
+        if a % 100 == 99:
+            log(f"  {a + 1} small agents stored ({(a + 1) * per:,} memories, {time.perf_counter() - t0:.0f}s)")
+    await hab.agents.spawn("big", behaviour="bench")
+    big_vectors = clustered_vectors(n, seed=1)
+    batch = 5000
+    mem = hab.memory("big")
+    position: dict[int, int] = {}
+    for s in range(0, n, batch):
+        chunk = big_vectors[s : s + batch]
+        emb.queue = chunk
+        records = await mem.remember_many(corpus_items(len(chunk), turns, rng, start))
+        position.update((r.seq, s + j) for j, r in enumerate(records))
+        if (s // batch) % 40 == 39:
+            log(f"  big agent: {s + len(chunk):,} memories ({time.perf_counter() - t0:.0f}s)")
+    return big_vectors, position, time.perf_counter() - t0
+
+
+async def write_overhead(real: Embedder, turns: list[str], tmp: Path) -> dict[str, float]:
+    texts = [f"{t} ({i})" for i, t in enumerate(turns[:1024])]
+    while len(texts) < 1024:
+        texts.append(f"{turns[len(texts) % len(turns)]} #{len(texts)}")
+    batches = [texts[i : i + 128] for i in range(0, len(texts), 128)]
+    real.embed(["warm up"])
+    alone: list[float] = []
+    stored: list[float] = []
+    for round_ in range(3):
+        t0 = time.perf_counter()
+        for b in batches:
+            real.embed(b)
+        alone.append(time.perf_counter() - t0)
+        settings = Settings.resolve(config_file=None, environ={}, path=tmp / f"w{round_}")
+        async with await Habitat.init(settings.path, settings=settings) as hab:
+            hab.use_embedder(real)
+            await hab.agents.spawn("writer", behaviour="bench")
+            mem = hab.memory("writer")
+            t0 = time.perf_counter()
+            for b in batches:
+                await mem.remember_many(b)
+            stored.append(time.perf_counter() - t0)
+    return {
+        "write_overhead": round(min(stored) / min(alone) - 1, 4),
+        "write_embed_alone_s": round(min(alone), 3),
+        "write_remember_s": round(min(stored), 3),
+        "write_texts": len(texts),
+    }
+
+
+async def run(n: int, data: Path, queries: int, skip_write: bool) -> dict[str, Any]:
+    turns, questions = sentences(data)
+    rng = random.Random(11)
+    asked = [rng.choice(questions) for _ in range(queries)]
+    real = LocalEmbedder()
+    real.embed(["load the model"])
+    out: dict[str, Any] = {"memories": n, "agents": AGENTS + 1, "embedder": real.name, "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("HABITUS_BENCH_DIR")) as tmp_dir:
+        tmp = Path(tmp_dir)
+        if not skip_write:
+            log("write path: real model alone vs remember_many")
+            out.update(await write_overhead(real, turns, tmp))
+            log(f"write overhead {out['write_overhead']:+.3f}")
+        settings = Settings.resolve(config_file=None, environ={}, path=tmp / "habitat")
+        async with await Habitat.init(settings.path, settings=settings) as hab:
+            emb = BenchEmbedder(real)
+            hab.use_embedder(emb)
+            log(f"storing {n:,} memories over {AGENTS} agents and {n:,} in one agent")
+            big_vectors, position, ingest_s = await ingest(hab, emb, n, turns)
+            out["ingest_s"] = round(ingest_s, 1)
+            out["ingest_per_s"] = round(2 * n / ingest_s)
+            log(f"stored {2 * n:,} memories in {ingest_s:.0f}s")
+            space = hab.memories._vectors()
+            assert space is not None
+            big = "agent:big"
+            t0 = time.perf_counter()
+            space.search([big], big_vectors[0], K)
+            out["index_build_s"] = round(time.perf_counter() - t0, 2)
+            stats = space.stats()[big]
+            out["index_kind"] = stats.kind
+            log(f"big agent's index: {stats.kind}, {stats.size:,} vectors, built in {out['index_build_s']}s")
+            mem = hab.memory("big")
+            for q in asked[:5]:  # warm up: caches, statistics samples
+                await mem.recall(q, k=K)
+            lat: list[float] = []
+            hybrid: list[float] = []
+            for q in asked:
+                t0 = time.perf_counter()
+                await mem.recall(q, k=K, mode="dense")
+                lat.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                await mem.recall(q, k=K)
+                hybrid.append(time.perf_counter() - t0)
+            out["p50_ms"], out["p95_ms"] = pct(lat, 0.5), pct(lat, 0.95)
+            out["hybrid_p50_ms"], out["hybrid_p95_ms"] = pct(hybrid, 0.5), pct(hybrid, 0.95)
+            small_lat: list[float] = []
+            for q in asked:
+                agent = f"a{rng.randrange(AGENTS):04d}"
+                t0 = time.perf_counter()
+                await hab.memory(agent).recall(q, k=K)
+                small_lat.append(time.perf_counter() - t0)
+            out["small_p50_ms"], out["small_p95_ms"] = pct(small_lat, 0.5), pct(small_lat, 0.95)
+            log(
+                f"recall p50 {out['p50_ms']} ms, p95 {out['p95_ms']} ms; hybrid {out['hybrid_p50_ms']} / "
+                f"{out['hybrid_p95_ms']} ms; small agents {out['small_p50_ms']} / {out['small_p95_ms']} ms"
+            )
+            exact_lat: list[float] = []
+            overlaps: list[float] = []
+            for q in asked:
+                t0 = time.perf_counter()
+                qv = real.embed([q])[0]
+                scores = big_vectors @ qv
+                top = np.argpartition(-scores, K)[:K]
+                exact_lat.append(time.perf_counter() - t0)
+                exact_keys = {int(i) for i in top}
+                found = space.search([big], qv, K)
+                overlaps.append(len(exact_keys & {position[key] for key, _ in found}) / K)
+            out["exact_p50_ms"], out["exact_p95_ms"] = pct(exact_lat, 0.5), pct(exact_lat, 0.95)
+            out["recall_vs_exact"] = round(float(np.mean(overlaps)), 4)
+            near = queries_near(200, n, seed=1)
+            near_overlap = []
+            for qv in near:
+                exact_keys = {int(i) for i in np.argpartition(-(big_vectors @ qv), K)[:K]}
+                found = space.search([big], qv, K)
+                near_overlap.append(len(exact_keys & {position[key] for key, _ in found}) / K)
+            out["recall_vs_exact_near"] = round(float(np.mean(near_overlap)), 4)
+            out["queries"] = len(asked)
+            log(f"exact p50 {out['exact_p50_ms']} ms; recall vs exact {out['recall_vs_exact']}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memories", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--quick", action="store_true", help="20,000 memories, 50 queries")
+    parser.add_argument("--no-write", action="store_true", help="skip the write-overhead measurement")
+    parser.add_argument("--json", action="store_true", help="print the JSON on one line")
+    args = parser.parse_args()
+    n, queries = (20_000, 50) if args.quick else (args.memories, args.queries)
+    result = asyncio.run(run(n, args.data, queries, args.no_write))
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
