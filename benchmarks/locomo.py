@@ -37,6 +37,7 @@ from habitus import Habitat, Settings
 _ID = re.compile(r"D:?(\d+):(\d+)")
 _SESSION = re.compile(r"session_(\d+)")
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+TARGET_5, TARGET_10 = 0.65, 0.75  # the targets on locomo-dev
 
 
 def parse_date(text: str) -> datetime:
@@ -161,10 +162,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/locomo-dev")
     parser.add_argument("--embedder", default="auto", help="the embedder setting (default: the local model)")
-    parser.add_argument("--json", action="store_true", help="print only the JSON object (the default prints it too)")
+    parser.add_argument("--json", action="store_true", help="print the JSON object on one line")
+    parser.add_argument(
+        "--check", action="store_true", help=f"exit 1 below the targets (recall@5 {TARGET_5}, recall@10 {TARGET_10})"
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args.data, args.embedder, 10))
     print(json.dumps(result, indent=None if args.json else 2))
+    if args.check and (result["recall@5"] < TARGET_5 or result["recall@10"] < TARGET_10):
+        fail(f"recall@5 {result['recall@5']} / recall@10 {result['recall@10']} is below {TARGET_5} / {TARGET_10}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ model is exercised in ``test_real_model_recalls_a_paraphrase`` and in the LoCoMo
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -302,3 +302,28 @@ def test_sync_facade_with_the_real_model(sync_habitat: SyncHabitat) -> None:
     assert hits[0].record.embedder is not None and "MiniLM" in hits[0].record.embedder
     with pytest.raises(MemoryNotFoundError):
         mem.get(uuid.uuid4())
+
+
+class _ByLength:
+    """A stand-in reranker: prefers shorter texts (a real one would be a cross-encoder)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
+        self.calls.append((query, len(texts)))
+        return [-float(len(t)) for t in texts]
+
+
+async def test_a_reranker_reorders_the_best_candidates(hab: Habitat) -> None:
+    mem = hab.memory("ada")
+    long = await mem.remember("the red kite nests in the tall old beech tree at the far end of the valley")
+    short = await mem.remember("red kite nest")
+    before = await mem.recall("where does the red kite nest?", k=2)
+    reranker = _ByLength()
+    hab.memories.reranker = reranker
+    after = await mem.recall("where does the red kite nest?", k=2)
+    assert [h.record.id for h in after] == [short.id, long.id]
+    assert reranker.calls == [("where does the red kite nest?", 2)]
+    assert after[0].why["rerank"] == -len("red kite nest")
+    assert {h.record.id for h in before} == {short.id, long.id}

@@ -8,7 +8,7 @@ from habitus.memory._embedders import (
     OpenAIEmbedder,
     resolve_embedder,
 )
-from habitus.memory._memory import AgentMemory, MemoryService
+from habitus.memory._memory import AgentMemory, MemoryService, Reranker, Summarizer
 from habitus.memory._models import Fact, Forgotten, Hit, MemoryRecord, Recall
 from habitus.memory._retrieval import Tuning
 
@@ -25,6 +25,8 @@ __all__ = [
     "MemoryService",
     "OpenAIEmbedder",
     "Recall",
+    "Reranker",
+    "Summarizer",
     "Tuning",
     "resolve_embedder",
 ]

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -60,7 +60,21 @@ from habitus.storage._projections import Op
 if TYPE_CHECKING:
     from habitus._settings import Settings
 
-__all__ = ["AgentMemory", "MemoryService", "Summarizer"]
+__all__ = ["AgentMemory", "MemoryService", "Reranker", "Summarizer"]
+
+
+class Reranker(Protocol):
+    """Rescores recall's best candidates (a cross-encoder, say); set ``hab.memories.reranker``.
+
+    Called from a worker thread with the query and the candidates' texts (``Speaker: text``),
+    best first; returns one score per text, higher is better. Recall reorders its best
+    ``Tuning.rerank_depth`` candidates (or ``k``, if more) by these scores.
+    """
+
+    def rerank(self, query: str, texts: Sequence[str]) -> Sequence[float]:
+        """One score per text."""
+        ...
+
 
 Summarizer = Callable[[list[MemoryRecord]], Awaitable[str]]
 """Writes a summary of episodes (a model from the gateway, say) for :meth:`AgentMemory.consolidate`."""
@@ -114,6 +128,7 @@ class MemoryService:
         self._space: VectorSpace | None = None
         self._samples: dict[str, np.ndarray[Any, Any]] = {}  # per scope: vectors for score statistics
         self.tuning = Tuning()
+        self.reranker: Reranker | None = None
         self.notice: str | None = None
         ledger.on_commit(self._committed)
 
@@ -691,16 +706,29 @@ class AgentMemory:
         qvec = await svc.embed([query]) if mode != "lexical" else None
         evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k, mode != "dense")
         ranked = rank(info, evidence, now=now, tuning=svc.tuning)
-        hits: list[Hit] = []
-        for s in ranked:
-            row = evidence.rows[s.rid]
-            if not _passes(row, since, until, kind_set, tag_set, as_of):
-                continue
-            hits.append(self._hit(row, s))
-            if len(hits) == k:
-                break
+        kept = [s for s in ranked if _passes(evidence.rows[s.rid], since, until, kind_set, tag_set, as_of)]
+        if svc.reranker is not None and kept:
+            kept = await self._rerank(svc.reranker, query, kept, evidence, max(k, svc.tuning.rerank_depth))
+        hits = [self._hit(evidence.rows[s.rid], s) for s in kept[:k]]
         event = await self._record_recall(query, k, scopes, hits)
         return Recall(hits=hits, event=event, query=query, time_filter=info.time.expression if info.time else None)
+
+    async def _rerank(
+        self, reranker: Reranker, query: str, ranked: list[Scored], ev: Evidence, depth: int
+    ) -> list[Scored]:
+        """Reorder the best ``depth`` candidates by the reranker's scores (the rest keep their order)."""
+        head, tail = ranked[:depth], ranked[depth:]
+        texts = [label(ev.rows[s.rid].speaker, ev.rows[s.rid].text) for s in head]
+        try:
+            scores = list(await asyncio.to_thread(reranker.rerank, query, texts))
+        except Exception as exc:
+            raise EmbedderError(f"the reranker failed: {exc}") from exc
+        if len(scores) != len(head):
+            raise EmbedderError(f"the reranker returned {len(scores)} scores for {len(head)} texts")
+        for s, score in zip(head, scores, strict=True):
+            s.why["rerank"] = round(float(score), 4)
+        order = sorted(range(len(head)), key=lambda i: (-float(scores[i]), i))
+        return [head[i] for i in order] + tail
 
     def _evidence(
         self,

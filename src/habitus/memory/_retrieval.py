@@ -67,6 +67,7 @@ class Tuning:
         candidates: Candidates each signal contributes when the memories searched are many.
         exact_below: Below this many memories searched, every memory's scores enter the
             statistics (exact); above, the top candidates and a sample do (approximate).
+        rerank_depth: How many of the best candidates a reranker, when set, reorders.
     """
 
     context_weight: float = 1.0
@@ -79,6 +80,7 @@ class Tuning:
     recency_weight: float = 1.0
     candidates: int = 200
     exact_below: int = 5000
+    rerank_depth: int = 30
 
 
 @dataclass(frozen=True, slots=True)
