@@ -91,6 +91,10 @@ class Writer:
         self._stopping = False
         self._writing = False  # a group is being written (by the thread or inline on the loop)
         self._flush_pending = False
+        # Groups the thread committed whose futures and listeners have not run on the loop yet. An
+        # inline commit must wait for them, or listeners would hear of commits out of order.
+        self._unannounced = 0
+        self._flush_deferred = False
         self._inline = inline
         self._thread = threading.Thread(target=self._run, name="habitus-writer", daemon=True)
         self._thread.start()
@@ -104,6 +108,9 @@ class Writer:
         append then skips two thread hops (about 60 of its 125 µs), and appenders
         that run in the same iteration still share one commit. Larger batches go
         straight to the writer thread, which overlaps writing with the loop.
+
+        Futures and commit listeners run in commit order: an inline commit waits
+        until the groups the thread committed before it have been announced.
         """
         with self._cond:
             if self._stopping:
@@ -122,6 +129,9 @@ class Writer:
         with self._cond:
             self._flush_pending = False
             if not self._queue:
+                return
+            if self._unannounced and not self._stopping:
+                self._flush_deferred = True  # _announce flushes once the thread's commits are announced
                 return
             small = sum(len(b.rows) for b in self._queue) <= INLINE_GROUP and not any(b.scrub for b in self._queue)
             if self._writing or self._stopping or not small:
@@ -235,7 +245,22 @@ class Writer:
         if inline:
             self._resolve(live)
         else:
-            self._loop.call_soon_threadsafe(self._resolve, live)
+            with self._cond:
+                self._unannounced += 1
+            self._loop.call_soon_threadsafe(self._announce, live)
+
+    def _announce(self, batches: list[Batch]) -> None:
+        """Resolve a group the thread committed (on the loop, in commit order), then any deferred flush."""
+        try:
+            self._resolve(batches)
+        finally:
+            with self._cond:
+                self._unannounced -= 1
+                flush = self._flush_deferred and not self._unannounced
+                if flush:
+                    self._flush_deferred = False
+            if flush:
+                self._flush()
 
     def _resolve(self, batches: list[Batch]) -> None:
         for batch in batches:
