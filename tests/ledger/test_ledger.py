@@ -12,7 +12,9 @@ import pytest
 
 from habitus import (
     Draft,
+    Event,
     Habitat,
+    Message,
     Settings,
     SyncHabitat,
     caused_by,
@@ -506,3 +508,25 @@ async def test_checked_meta_is_remembered_without_confusing_true_and_one(habitat
         assert event.meta == meta
     with pytest.raises(InvalidMetaError, match="expects_reply"):
         await ledger.append("message.sent", actor="human:a", content="x", meta={"to": "agent:b", "expects_reply": 1})
+
+
+async def test_events_and_messages_built_without_validation_equal_validated_ones(habitat: Habitat) -> None:
+    # The write and delivery paths build Event and Message without pydantic's validation.
+    cause = await habitat.ledger.append("note.recorded", actor="human:ada", content="why")
+    meta = {"to": "agent:b", "type": "ask", "expects_reply": True, "in_reply_to": str(cause.id)}
+    for content in ({"k": [1, "é", None, 2.5]}, "text", b"\x00bytes", [0]):
+        sent = await habitat.ledger.append(
+            "message.sent", actor="human:ada", content=content, meta=meta, causes=[cause], thread="t-1"
+        )
+        for event in (sent, await habitat.ledger.get(sent.id)):
+            validated = Event.model_validate(event.model_dump())
+            assert event == validated and event.model_fields_set == validated.model_fields_set
+            message = Message.from_event(event, attempt=2)
+            checked = Message.model_validate(message.model_dump())
+            assert message == checked and message.model_fields_set == checked.model_fields_set
+            assert (message.to, message.type, message.expects_reply, message.in_reply_to) == (
+                "agent:b",
+                "ask",
+                True,
+                cause.id,
+            )

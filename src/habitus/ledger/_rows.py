@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, overload
 
 from habitus.errors import InvalidRequestError
-from habitus.ledger._codec import CTYPE_NAMES, decode_content, from_micros
+from habitus.ledger._codec import CTYPE_NAMES, decode_content, from_micros, loads_json
 from habitus.ledger._models import Event, fast_event, uuid_from_bytes
 from habitus.storage._abstract import Row
 
@@ -101,7 +100,7 @@ def loads_meta(meta: str) -> dict[str, Any]:
     """Parse stored canonical meta JSON (the empty object without the parser)."""
     if meta == "{}":
         return {}
-    value: dict[str, Any] = json.loads(meta)
+    value: dict[str, Any] = loads_json(meta)
     return value
 
 
