@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -487,6 +488,43 @@ async def test_a_failed_transaction_writes_nothing(habitat: Habitat) -> None:
     async with ledger.transaction() as empty:
         pass
     assert list(empty.events) == []
+
+
+async def test_transactions_committing_together_each_keep_their_own_events(habitat: Habitat) -> None:
+    # Transactions that end in the same loop iteration are sealed and written as one batch; each
+    # still gets exactly its own events, causes within it resolve, and a failing one writes nothing.
+    ledger = habitat.ledger
+    outside = await ledger.append("note.recorded", actor="human:ada", content="start")
+    before = await ledger.count()
+
+    async def one(i: int) -> Sequence[Event]:
+        async with ledger.transaction() as tx:
+            first = tx.append("note.recorded", actor=f"agent:t{i}", content={"i": i}, causes=[outside])
+            for j in range(i % 3):
+                tx.append("note.recorded", actor=f"agent:t{i}", content={"i": i, "j": j}, causes=[first])
+            if i % 5 == 4:
+                raise RuntimeError(f"transaction {i} fails")
+            if i % 7 == 6:
+                tx.append("note.recorded", actor=f"agent:t{i}", content="orphan", causes=[uuid.UUID(int=i)])
+        return tx.events
+
+    results = await asyncio.gather(*(one(i) for i in range(40)), return_exceptions=True)
+    committed = 0
+    for i, result in enumerate(results):
+        if i % 5 == 4:
+            assert isinstance(result, RuntimeError)
+            continue
+        if i % 7 == 6:
+            assert isinstance(result, UnknownCauseError)
+            continue
+        assert not isinstance(result, BaseException)
+        assert [e.content for e in result] == [{"i": i}] + [{"i": i, "j": j} for j in range(i % 3)]
+        assert {e.actor for e in result} == {f"agent:t{i}"}
+        assert [e.seq for e in result] == list(range(result[0].seq, result[0].seq + len(result)))
+        assert result[0].causes == (outside.id,) and all(e.causes == (result[0].id,) for e in result[1:])
+        committed += len(result)
+    assert await ledger.count() == before + committed
+    assert (await ledger.verify()).ok
 
 
 def test_transactions_from_the_sync_facade(sync_habitat: SyncHabitat) -> None:

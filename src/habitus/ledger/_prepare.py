@@ -177,6 +177,20 @@ class Preparer:
             raise InvalidEventError(f"{where}: {len(causes)} causes is over the limit of 1000")
         return (draft, spec, meta, encoded, thread, at, causes)
 
+    def known_causes(self, checked: list[tuple[Any, ...]], staged: Collection[bytes] = ()) -> dict[bytes, int] | None:
+        """Map every cause to its seq from memory, or return None if one must be looked up in the store."""
+        known: dict[bytes, int] = {}
+        recent = self._recent
+        for item in checked:
+            for cause in item[6]:
+                raw = cause.bytes
+                seq = recent.get(raw)
+                if seq is not None:
+                    known[raw] = seq
+                elif raw not in staged:
+                    return None
+        return known
+
     async def check_causes(self, checked: list[tuple[Any, ...]], staged: Collection[bytes] = ()) -> dict[bytes, int]:
         """Map every cause to its seq, or raise :class:`UnknownCauseError`.
 
@@ -211,6 +225,7 @@ class Preparer:
         checkpoint: bool = False,
         ids: list[bytes] | None = None,
         ops: list[Op] | None = None,
+        future: asyncio.Future[None] | None = None,
     ) -> tuple[Batch, CommittedEvents]:
         """Give prepared drafts their ids, seqs, times, leaves and Merkle nodes.
 
@@ -265,7 +280,8 @@ class Preparer:
                 root = frontier.root()
                 signed = (size, root, ts, self._signer.sign(size, root, from_micros(ts)))
                 seqr.last_checkpoint = size
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
         # Erasures, and checkpoints asked for by name, also rewrite the WAL away (see erase()).
         batch = Batch(
             generation, rows, edges, nodes, future, signed, erase or [], scrub=bool(erase) or checkpoint, ops=ops or []

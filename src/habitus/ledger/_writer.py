@@ -99,7 +99,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="habitus-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch, *, group: bool = False) -> None:
         """Queue a prepared batch; its future resolves after its commit.
 
         Small batches are not handed to the writer thread at once: a callback at
@@ -109,6 +109,10 @@ class Writer:
         that run in the same iteration still share one commit. Larger batches go
         straight to the writer thread, which overlaps writing with the loop.
 
+        ``group`` marks the transactions that reached their commit in this loop
+        iteration, sealed together at its end (see ``Ledger.transaction``): they
+        are flushed at once, inline if they are at most :data:`INLINE_GROUP` events.
+
         Futures and commit listeners run in commit order: an inline commit waits
         until the groups the thread committed before it have been announced.
         """
@@ -116,13 +120,20 @@ class Writer:
             if self._stopping:
                 raise HabitatClosedError("the ledger is closed; open the habitat again to write")
             self._queue.append(batch)
-            if not (self._inline and not batch.scrub and len(batch.rows) <= INLINE_EVENTS):
+            limit = INLINE_GROUP if group else INLINE_EVENTS
+            if not (self._inline and not batch.scrub and len(batch.rows) <= limit):
                 self._cond.notify()
                 return
-            if self._flush_pending:
+            if group:
+                self._flush_pending = False  # this flush takes whatever a pending one would have
+            elif self._flush_pending:
                 return
-            self._flush_pending = True
-        self._loop.call_soon(self._flush)
+            else:
+                self._flush_pending = True
+        if group:
+            self._flush()
+        else:
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Commit what is queued on the loop thread if the writer is idle and the group small."""
