@@ -89,9 +89,24 @@ class _Activation:
     rescan: bool = True  # read the mailbox table before trusting the inbox
     backlog: bool = False  # the table holds more than the inbox: hand-overs would jump the queue
     last_acked: int = 0
+    idle_since: float | None = None  # loop time the activation began waiting for work, None while it works
+    idle_timer: asyncio.TimerHandle | None = None
 
 
-def _time_out(activation: _Activation) -> None:
+def _check_idle(activation: _Activation, idle_seconds: float) -> None:
+    """Time the activation out if it has waited ``idle_seconds`` for work; else look again later.
+
+    One timer per activation checks when it became idle, rather than one timer set and
+    cancelled around every wait: an active agent waits briefly between most deliveries.
+    """
+    activation.idle_timer = None
+    if activation.idle_since is None:
+        return  # working: its next wait sets a new timer
+    loop = asyncio.get_running_loop()
+    left = activation.idle_since + idle_seconds - loop.time()
+    if left > 0:
+        activation.idle_timer = loop.call_later(left, _check_idle, activation, idle_seconds)
+        return
     activation.timed_out = True
     activation.wake.set()
 
@@ -291,6 +306,9 @@ class Runtime:
                     inbox.clear()
                     activation.rescan = True
         finally:
+            if activation.idle_timer is not None:
+                activation.idle_timer.cancel()
+                activation.idle_timer = None
             self._passivate(activation)
 
     async def _idle(self, activation: _Activation) -> bool:
@@ -299,11 +317,16 @@ class Runtime:
         if activation.inbox or activation.rescan:
             return True
         activation.timed_out = False
-        timer = asyncio.get_running_loop().call_later(self._options.idle_seconds, _time_out, activation)
+        loop = asyncio.get_running_loop()
+        activation.idle_since = loop.time()
+        if activation.idle_timer is None:
+            activation.idle_timer = loop.call_later(
+                self._options.idle_seconds, _check_idle, activation, self._options.idle_seconds
+            )
         try:
             await activation.wake.wait()
         finally:
-            timer.cancel()
+            activation.idle_since = None
         return not activation.timed_out or bool(activation.inbox) or activation.rescan
 
     # -- delivering -------------------------------------------------------------------------

@@ -265,9 +265,10 @@ class Ledger:
         self._listeners.append(listener)
 
     def _on_commit(self, batches: list[Batch]) -> None:
+        remember = self._prep.remember
         for batch in batches:
             for row in batch.rows:
-                self._prep.remember(row[1], row[0])
+                remember(row[1], row[0])
             for listener in self._listeners:
                 listener(batch.ops, batch.rows)
         if self._committed is not None and not self._committed.done():

@@ -167,12 +167,13 @@ class Preparer:
             if draft.at.tzinfo is None:
                 raise InvalidEventError(f"{where}: world time {draft.at!r} must be timezone-aware")
             at = to_micros(draft.at)
-        if not context.causes:
-            causes = draft.causes
-            if len(causes) > 1 and len(set(causes)) != len(causes):
-                causes = tuple(dict.fromkeys(causes))
-        else:
-            causes = tuple(dict.fromkeys((*context.causes, *draft.causes)))
+        causes = draft.causes
+        if not causes:
+            causes = context.causes  # caused_by keeps these free of duplicates
+        elif context.causes:
+            causes = tuple(dict.fromkeys((*context.causes, *causes)))
+        elif len(causes) > 1 and len(set(causes)) != len(causes):
+            causes = tuple(dict.fromkeys(causes))
         if len(causes) > 1000:
             raise InvalidEventError(f"{where}: {len(causes)} causes is over the limit of 1000")
         return (draft, spec, meta, encoded, thread, at, causes)

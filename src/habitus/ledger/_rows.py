@@ -93,7 +93,7 @@ def draft_of(
     at: datetime | None,
 ) -> RawDraft:
     """A draft from ``append``'s arguments."""
-    return RawDraft(kind, actor, content, meta or {}, tuple(as_uuid(c) for c in causes), thread, at)
+    return RawDraft(kind, actor, content, meta or {}, tuple(as_uuid(c) for c in causes) if causes else (), thread, at)
 
 
 def loads_meta(meta: str) -> dict[str, Any]:
