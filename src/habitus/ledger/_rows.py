@@ -33,7 +33,12 @@ def as_uuid(ref: EventRef) -> uuid.UUID:
 def event_from_row(row: Row) -> Event:
     """Build the public model from a stored row."""
     seq, id_, ts, at, actor, kind, thread, meta, causes, ctype, digest, _leaf, salt, body = row
-    cause_ids = tuple(uuid_from_bytes(causes[i : i + 16]) for i in range(0, len(causes), 16)) if causes else ()
+    if not causes:
+        cause_ids: tuple[uuid.UUID, ...] = ()
+    elif len(causes) == 16:  # most events have one cause (a delivered message's effects: the message)
+        cause_ids = (uuid_from_bytes(causes),)
+    else:
+        cause_ids = tuple([uuid_from_bytes(causes[i : i + 16]) for i in range(0, len(causes), 16)])
     erased = ctype is not None and salt is None
     content = decode_content(ctype, body) if ctype is not None and body is not None else None
     return fast_event(
