@@ -568,3 +568,20 @@ async def test_events_and_messages_built_without_validation_equal_validated_ones
                 True,
                 cause.id,
             )
+
+
+async def test_cancelling_one_transaction_leaves_those_committing_with_it_alone(habitat: Habitat) -> None:
+    ledger = habitat.ledger
+
+    async def commit(i: int) -> Sequence[Event]:
+        async with ledger.transaction() as tx:
+            tx.append("note.recorded", actor=f"agent:c{i}", content={"i": i})
+        return tx.events
+
+    first, second = asyncio.ensure_future(commit(1)), asyncio.ensure_future(commit(2))
+    await asyncio.sleep(0)  # both have staged their event and wait for the same commit
+    first.cancel()
+    assert [e.content for e in await second] == [{"i": 2}]
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await ledger.count()) >= 2  # the cancelled one may still have been written: cancelling is not rollback

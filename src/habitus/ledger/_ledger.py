@@ -54,10 +54,10 @@ class _Group:
     going to share one SQLite commit anyway (see :meth:`Writer.submit`).
     """
 
-    __slots__ = ("checked", "future", "ids", "known", "ops", "rows")
+    __slots__ = ("checked", "ids", "known", "ops", "rows", "waiters")
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.future = future
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future[None]] = []  # one per transaction (see Batch.waiters)
         self.checked: list[tuple[Any, ...]] = []
         self.ids: list[bytes] = []
         self.known: dict[bytes, int] = {}
@@ -99,7 +99,9 @@ class TransactionScope:
         group.ops += ops
         if known:
             group.known.update(known)
-        await group.future
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        group.waiters.append(committed)
+        await committed
         tx._done(CommittedEvents(group.rows[start : start + len(checked)]))
 
 
@@ -232,9 +234,8 @@ class Ledger:
         """This loop iteration's group of committing transactions (sealed by a callback after it)."""
         group = self._group
         if group is None:
-            loop = asyncio.get_running_loop()
-            group = self._group = _Group(loop.create_future())
-            loop.call_soon(self._seal_group)
+            group = self._group = _Group()
+            asyncio.get_running_loop().call_soon(self._seal_group)
         return group
 
     def _seal_group(self) -> None:
@@ -242,12 +243,14 @@ class Ledger:
         if group is None:
             return
         try:
-            batch, _ = self._prep.seal(group.checked, group.known, ids=group.ids, ops=group.ops, future=group.future)
+            batch, _ = self._prep.seal(group.checked, group.known, ids=group.ids, ops=group.ops)
+            batch.waiters = group.waiters
             group.rows = batch.rows
             self._require_writer().submit(batch, group=True)
         except BaseException as exc:  # noqa: BLE001 - handed to every transaction of the group
-            if not group.future.done():
-                group.future.set_exception(exc)
+            for waiter in group.waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
 
     def _require_writer(self) -> Writer:
         if self._writer is None:

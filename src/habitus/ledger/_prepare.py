@@ -226,7 +226,6 @@ class Preparer:
         checkpoint: bool = False,
         ids: list[bytes] | None = None,
         ops: list[Op] | None = None,
-        future: asyncio.Future[None] | None = None,
     ) -> tuple[Batch, CommittedEvents]:
         """Give prepared drafts their ids, seqs, times, leaves and Merkle nodes.
 
@@ -281,8 +280,7 @@ class Preparer:
                 root = frontier.root()
                 signed = (size, root, ts, self._signer.sign(size, root, from_micros(ts)))
                 seqr.last_checkpoint = size
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Erasures, and checkpoints asked for by name, also rewrite the WAL away (see erase()).
         batch = Batch(
             generation, rows, edges, nodes, future, signed, erase or [], scrub=bool(erase) or checkpoint, ops=ops or []

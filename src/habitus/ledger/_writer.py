@@ -68,6 +68,9 @@ class Batch:
     scrub: bool = False
     scrubbed: bool = False
     ops: list[Op] = field(default_factory=list)
+    # Futures of the transactions sealed into this batch, resolved with ``future`` (each has its
+    # own: cancelling one waiting transaction must not cancel the others).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class Writer:
@@ -202,8 +205,9 @@ class Writer:
     def _fail(self, batches: list[Batch], error: BaseException, *, inline: bool = False) -> None:
         def fail() -> None:
             for batch in batches:
-                if not batch.future.done():
-                    batch.future.set_exception(error)
+                for future in (batch.future, *batch.waiters):
+                    if not future.done():
+                        future.set_exception(error)
 
         if inline:
             fail()
@@ -277,4 +281,7 @@ class Writer:
         for batch in batches:
             if not batch.future.done():
                 batch.future.set_result(None)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         self._on_commit(batches)
