@@ -546,6 +546,8 @@ async def test_checked_meta_is_remembered_without_confusing_true_and_one(habitat
         assert event.meta == meta
     with pytest.raises(InvalidMetaError, match="expects_reply"):
         await ledger.append("message.sent", actor="human:a", content="x", meta={"to": "agent:b", "expects_reply": 1})
+    for shorter in ({"to": "agent:b"}, {"to": "agent:b"}, {"to": "agent:bb"}):  # a prefix of a remembered meta
+        assert (await ledger.append("message.sent", actor="human:a", content="x", meta=shorter)).meta == shorter
 
 
 async def test_events_and_messages_built_without_validation_equal_validated_ones(habitat: Habitat) -> None:
