@@ -180,3 +180,29 @@ def test_threads_sharing_one_sync_habitat(sync_habitat: SyncHabitat) -> None:
     report = ledger.verify()
     assert report.ok, report.problems
     assert report.events == count
+
+
+async def test_commit_listeners_see_commits_in_order_while_small_and_large_appends_mix(habitat: Habitat) -> None:
+    # Small appends commit on the event loop and large ones on the writer thread; the runtime's
+    # hand-over of messages relies on hearing of commits in the order they were made (it skips a
+    # message whose seq is below one it already acknowledged, so one heard late is never delivered).
+    ledger = habitat.ledger
+    heard: list[int] = []
+    ledger.on_commit(lambda _ops, rows: heard.extend(row[0] for row in rows))
+
+    async def singles(task: int) -> None:
+        for i in range(20):
+            await ledger.append("note.recorded", actor=f"agent:single-{task}", content={"i": i})
+
+    async def batches(task: int) -> None:
+        for _ in range(10):
+            drafts = [
+                Draft(kind="observation.recorded", actor=f"agent:batch-{task}", content={"i": j}) for j in range(40)
+            ]
+            await ledger.append_many(drafts)
+
+    for _ in range(3):
+        await asyncio.gather(*(singles(t) for t in range(100)), *(batches(t) for t in range(10)))
+    assert len(heard) == 3 * (100 * 20 + 10 * 10 * 40)
+    late = [(a, b) for a, b in pairwise(heard) if b <= a]
+    assert not late, f"{len(late)} commits were announced after a later one, e.g. seq {late[0][1]} after {late[0][0]}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 
 from habitus import (
     Draft,
+    Event,
     Habitat,
+    Message,
     Settings,
     SyncHabitat,
     caused_by,
@@ -487,6 +490,43 @@ async def test_a_failed_transaction_writes_nothing(habitat: Habitat) -> None:
     assert list(empty.events) == []
 
 
+async def test_transactions_committing_together_each_keep_their_own_events(habitat: Habitat) -> None:
+    # Transactions that end in the same loop iteration are sealed and written as one batch; each
+    # still gets exactly its own events, causes within it resolve, and a failing one writes nothing.
+    ledger = habitat.ledger
+    outside = await ledger.append("note.recorded", actor="human:ada", content="start")
+    before = await ledger.count()
+
+    async def one(i: int) -> Sequence[Event]:
+        async with ledger.transaction() as tx:
+            first = tx.append("note.recorded", actor=f"agent:t{i}", content={"i": i}, causes=[outside])
+            for j in range(i % 3):
+                tx.append("note.recorded", actor=f"agent:t{i}", content={"i": i, "j": j}, causes=[first])
+            if i % 5 == 4:
+                raise RuntimeError(f"transaction {i} fails")
+            if i % 7 == 6:
+                tx.append("note.recorded", actor=f"agent:t{i}", content="orphan", causes=[uuid.UUID(int=i)])
+        return tx.events
+
+    results = await asyncio.gather(*(one(i) for i in range(40)), return_exceptions=True)
+    committed = 0
+    for i, result in enumerate(results):
+        if i % 5 == 4:
+            assert isinstance(result, RuntimeError)
+            continue
+        if i % 7 == 6:
+            assert isinstance(result, UnknownCauseError)
+            continue
+        assert not isinstance(result, BaseException)
+        assert [e.content for e in result] == [{"i": i}] + [{"i": i, "j": j} for j in range(i % 3)]
+        assert {e.actor for e in result} == {f"agent:t{i}"}
+        assert [e.seq for e in result] == list(range(result[0].seq, result[0].seq + len(result)))
+        assert result[0].causes == (outside.id,) and all(e.causes == (result[0].id,) for e in result[1:])
+        committed += len(result)
+    assert await ledger.count() == before + committed
+    assert (await ledger.verify()).ok
+
+
 def test_transactions_from_the_sync_facade(sync_habitat: SyncHabitat) -> None:
     with sync_habitat.ledger.transaction() as tx:
         a = tx.append("note.recorded", actor="agent:s", content="a")
@@ -506,3 +546,44 @@ async def test_checked_meta_is_remembered_without_confusing_true_and_one(habitat
         assert event.meta == meta
     with pytest.raises(InvalidMetaError, match="expects_reply"):
         await ledger.append("message.sent", actor="human:a", content="x", meta={"to": "agent:b", "expects_reply": 1})
+    for shorter in ({"to": "agent:b"}, {"to": "agent:b"}, {"to": "agent:bb"}):  # a prefix of a remembered meta
+        assert (await ledger.append("message.sent", actor="human:a", content="x", meta=shorter)).meta == shorter
+
+
+async def test_events_and_messages_built_without_validation_equal_validated_ones(habitat: Habitat) -> None:
+    # The write and delivery paths build Event and Message without pydantic's validation.
+    cause = await habitat.ledger.append("note.recorded", actor="human:ada", content="why")
+    meta = {"to": "agent:b", "type": "ask", "expects_reply": True, "in_reply_to": str(cause.id)}
+    for content in ({"k": [1, "é", None, 2.5]}, "text", b"\x00bytes", [0]):
+        sent = await habitat.ledger.append(
+            "message.sent", actor="human:ada", content=content, meta=meta, causes=[cause], thread="t-1"
+        )
+        for event in (sent, await habitat.ledger.get(sent.id)):
+            validated = Event.model_validate(event.model_dump())
+            assert event == validated and event.model_fields_set == validated.model_fields_set
+            message = Message.from_event(event, attempt=2)
+            checked = Message.model_validate(message.model_dump())
+            assert message == checked and message.model_fields_set == checked.model_fields_set
+            assert (message.to, message.type, message.expects_reply, message.in_reply_to) == (
+                "agent:b",
+                "ask",
+                True,
+                cause.id,
+            )
+
+
+async def test_cancelling_one_transaction_leaves_those_committing_with_it_alone(habitat: Habitat) -> None:
+    ledger = habitat.ledger
+
+    async def commit(i: int) -> Sequence[Event]:
+        async with ledger.transaction() as tx:
+            tx.append("note.recorded", actor=f"agent:c{i}", content={"i": i})
+        return tx.events
+
+    first, second = asyncio.ensure_future(commit(1)), asyncio.ensure_future(commit(2))
+    await asyncio.sleep(0)  # both have staged their event and wait for the same commit
+    first.cancel()
+    assert [e.content for e in await second] == [{"i": 2}]
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await ledger.count()) >= 2  # the cancelled one may still have been written: cancelling is not rollback

@@ -86,17 +86,19 @@ class Behaviour:
 
     def handler(self, instance: Any, msg: Message) -> Callable[[], Awaitable[None]]:
         """The coroutine function that handles ``msg`` for ``instance``."""
+        return lambda: self.handle(instance, msg)
+
+    def handle(self, instance: Any, msg: Message) -> Awaitable[None]:
+        """Start handling ``msg`` with ``instance``: the handler's coroutine."""
         if self.function is not None:
-            fn = self.function
-            return lambda: fn(instance, msg)
-        if msg.type == "timer" and "timer" not in self.by_type:
-            method = instance.on_timer
-            return lambda: method(msg)
-        name = self.by_type.get(msg.type or "")
+            return self.function(instance, msg)
+        msg_type = msg.type
+        if msg_type == "timer" and "timer" not in self.by_type:
+            return instance.on_timer(msg)  # type: ignore[no-any-return]
+        name = self.by_type.get(msg_type or "")
         if name is None and msg.topic is not None:
             name = next((m for pattern, m in self.by_topic if matches(pattern, msg.topic)), None)
-        method = getattr(instance, name or "on_message")
-        return lambda: method(msg)
+        return getattr(instance, name or "on_message")(msg)  # type: ignore[no-any-return]
 
 
 class App:

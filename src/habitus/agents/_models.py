@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from habitus.ledger._models import Event
+from habitus.ledger._models import Event, construct_checked
 
 __all__ = ["AgentInfo", "AgentStatusName", "Message"]
 
@@ -86,22 +86,31 @@ class Message(BaseModel):
     def from_event(cls, event: Event, *, attempt: int = 1) -> Message:
         """Read a ``message.sent``, ``message.published`` or ``timer.fired`` event as a message."""
         meta: dict[str, JsonValue] = event.meta
-        topic = meta.get("topic") if event.kind == "message.published" else None
-        kind_type = "timer" if event.kind == "timer.fired" else meta.get("type")
+        kind = event.kind
+        topic = meta.get("topic") if kind == "message.published" else None
+        kind_type = "timer" if kind == "timer.fired" else meta.get("type")
         reply = meta.get("in_reply_to")
+        to = meta.get("to") or meta.get("agent") or topic or ""
         # Built from a committed event whose fields the ledger already checked: no re-validation.
-        return cls.model_construct(
-            id=event.id,
-            seq=event.seq,
-            sender=event.actor,
-            to=str(meta.get("to") or meta.get("agent") or topic or ""),
-            type=kind_type if isinstance(kind_type, str) else None,
-            topic=topic if isinstance(topic, str) else None,
-            body=event.content,
-            thread=event.thread,
-            ts=event.ts,
-            expects_reply=bool(meta.get("expects_reply", False)),
-            in_reply_to=uuid.UUID(reply) if isinstance(reply, str) else None,
-            attempt=attempt,
-            event=event,
+        return construct_checked(
+            cls,
+            {
+                "id": event.id,
+                "seq": event.seq,
+                "sender": event.actor,
+                "to": to if type(to) is str else str(to),
+                "type": kind_type if isinstance(kind_type, str) else None,
+                "topic": topic if isinstance(topic, str) else None,
+                "body": event.content,
+                "thread": event.thread,
+                "ts": event.ts,
+                "expects_reply": bool(meta.get("expects_reply", False)),
+                "in_reply_to": uuid.UUID(reply) if isinstance(reply, str) else None,
+                "attempt": attempt,
+                "event": event,
+            },
+            _MESSAGE_FIELDS,
         )
+
+
+_MESSAGE_FIELDS = set(Message.model_fields)

@@ -92,9 +92,24 @@ class _Activation:
     rescan: bool = True  # read the mailbox table before trusting the inbox
     backlog: bool = False  # the table holds more than the inbox: hand-overs would jump the queue
     last_acked: int = 0
+    idle_since: float | None = None  # loop time the activation began waiting for work, None while it works
+    idle_timer: asyncio.TimerHandle | None = None
 
 
-def _time_out(activation: _Activation) -> None:
+def _check_idle(activation: _Activation, idle_seconds: float) -> None:
+    """Time the activation out if it has waited ``idle_seconds`` for work; else look again later.
+
+    One timer per activation checks when it became idle, rather than one timer set and
+    cancelled around every wait: an active agent waits briefly between most deliveries.
+    """
+    activation.idle_timer = None
+    if activation.idle_since is None:
+        return  # working: its next wait sets a new timer
+    loop = asyncio.get_running_loop()
+    left = activation.idle_since + idle_seconds - loop.time()
+    if left > 0:
+        activation.idle_timer = loop.call_later(left, _check_idle, activation, idle_seconds)
+        return
     activation.timed_out = True
     activation.wake.set()
 
@@ -294,14 +309,16 @@ class Runtime:
                         await asyncio.wait_for(activation.wake.wait(), (mail.not_before - time.time_ns() // 1000) / 1e6)
                     continue
                 attempts = mail.attempts if mail is not None else 0
-                row = mail or MailboxRow(agent, seq, "", 0, 0, False, None)
                 message = Message.from_event(event_from_row(stored), attempt=attempts + 1)
-                if await self._deliver(activation, row, message):
+                if await self._deliver(activation, seq, attempts, message):
                     activation.last_acked = seq
                 else:
                     inbox.clear()
                     activation.rescan = True
         finally:
+            if activation.idle_timer is not None:
+                activation.idle_timer.cancel()
+                activation.idle_timer = None
             self._passivate(activation)
 
     async def _idle(self, activation: _Activation) -> bool:
@@ -310,39 +327,44 @@ class Runtime:
         if activation.inbox or activation.rescan:
             return True
         activation.timed_out = False
-        timer = asyncio.get_running_loop().call_later(self._options.idle_seconds, _time_out, activation)
+        loop = asyncio.get_running_loop()
+        activation.idle_since = loop.time()
+        if activation.idle_timer is None:
+            activation.idle_timer = loop.call_later(
+                self._options.idle_seconds, _check_idle, activation, self._options.idle_seconds
+            )
         try:
             await activation.wake.wait()
         finally:
-            timer.cancel()
+            activation.idle_since = None
         return not activation.timed_out or bool(activation.inbox) or activation.rescan
 
     # -- delivering -------------------------------------------------------------------------
 
-    async def _deliver(self, activation: _Activation, row: MailboxRow, message: Message) -> bool:
-        """Handle one message; True if it was acknowledged (or dead-lettered)."""
+    async def _deliver(self, activation: _Activation, seq: int, attempts: int, message: Message) -> bool:
+        """Handle the message at ``seq``, tried ``attempts`` times before; True if acknowledged (or dead-lettered)."""
         agent = activation.agent
         refusal = None
         if self._messenger.policy is not None:
             refusal = await self._messenger.check_delivery(message.sender, principal_of(agent))
         if refusal is not None:
-            await self._give_up(agent, row, message, f"refused by policy: {refusal}")
+            await self._give_up(agent, seq, attempts, message, f"refused by policy: {refusal}")
             return True
         context = activation.context
         first = self._agents.status(agent) == "spawned"
         try:
             async with self._ledger.transaction() as tx:
-                with caused_by(message.event, thread=message.thread):
+                with caused_by(message.id, thread=message.thread):
                     context._begin(tx, message)
                     if first:
                         self._agents.mark_active(tx, agent)
                     if context.remember_messages:
                         await context._remember_message(message, received=True)
-                    await activation.behaviour.handler(activation.instance, message)()
-                tx.project(MailboxAck(agent, row.msg))
+                    await activation.behaviour.handle(activation.instance, message)
+                tx.project(MailboxAck(agent, seq))
         except Exception as exc:  # noqa: BLE001 - a handler's failure is data: recorded, retried
             context._end(committed=False)
-            await self._failed(agent, row, message, exc)
+            await self._failed(agent, seq, attempts, message, exc)
             return False
         context._end(committed=True)
         if first:
@@ -352,11 +374,11 @@ class Runtime:
         self.delivered += 1
         return True
 
-    async def _failed(self, agent: str, row: MailboxRow, message: Message, exc: BaseException) -> None:
-        attempt = row.attempts + 1
+    async def _failed(self, agent: str, seq: int, attempts: int, message: Message, exc: BaseException) -> None:
+        attempt = attempts + 1
         error = f"{type(exc).__name__}: {exc}"[:2000]
         if attempt >= self._options.max_attempts:
-            await self._give_up(agent, row, message, error)
+            await self._give_up(agent, seq, attempts, message, error)
             return
         delay = min(self._options.retry_base * 2 ** (attempt - 1), 60.0)
         not_before = time.time_ns() // 1000 + int(delay * 1_000_000)
@@ -364,20 +386,20 @@ class Runtime:
             tx.append(
                 "message.failed",
                 actor="system",
-                meta={"agent": agent, "message_seq": row.msg, "attempt": attempt, "error": error},
+                meta={"agent": agent, "message_seq": seq, "attempt": attempt, "error": error},
                 causes=[message.id],
             )
-            tx.project(MailboxRetry(agent, row.msg, attempt, not_before, error))
+            tx.project(MailboxRetry(agent, seq, attempt, not_before, error))
 
-    async def _give_up(self, agent: str, row: MailboxRow, message: Message, error: str) -> None:
+    async def _give_up(self, agent: str, seq: int, attempts: int, message: Message, error: str) -> None:
         async with self._ledger.transaction() as tx:
             tx.append(
                 "message.dead_lettered",
                 actor="system",
-                meta={"agent": agent, "message_seq": row.msg, "attempt": row.attempts + 1, "error": error[:2000]},
+                meta={"agent": agent, "message_seq": seq, "attempt": attempts + 1, "error": error[:2000]},
                 causes=[message.id],
             )
-            tx.project(MailboxDead(agent, row.msg, row.attempts + 1, error[:2000]))
+            tx.project(MailboxDead(agent, seq, attempts + 1, error[:2000]))
 
     # -- timers -----------------------------------------------------------------------------
 

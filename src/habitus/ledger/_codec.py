@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
+import json.scanner
 import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = [
     "encode_meta",
     "from_micros",
     "leaf_hash",
+    "loads_json",
     "to_micros",
 ]
 
@@ -46,7 +49,43 @@ _HEAD = struct.Struct(">5s16sqBq")  # 0x00 leaf prefix + "HBv1", id, ts, has_at,
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+# JSONEncoder.encode builds a new C encoder (and a closure) on every call, which is most of the cost of
+# encoding the few bytes a message carries; this one is built once. Without a markers dict it keeps no
+# state between calls (safe from any thread) and meets a cycle as a RecursionError, reported as one.
+_c_make: Any = getattr(json.encoder, "c_make_encoder", None)
+_c_encode = (
+    _c_make(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+    if _c_make is not None
+    else None
+)
+# The C scanner parses one value from the start of a string, with no wrapper around it.
+_c_make_scanner: Any = getattr(json.scanner, "c_make_scanner", None)
+_c_scan = _c_make_scanner(json.JSONDecoder()) if _c_make_scanner is not None else None
+
+
+def _dumps(value: Any) -> str:
+    """Canonical JSON text: sorted keys, no whitespace, no NaN."""
+    if _c_encode is None:
+        return _ENCODER.encode(value)
+    try:
+        return "".join(_c_encode(value, 0))
+    except RecursionError:
+        raise ValueError("the value is nested too deeply or contains itself (a circular reference)") from None
+
+
+def loads_json(text: str | bytes) -> Any:
+    """Parse JSON text (``json.loads``, faster for the short values events carry)."""
+    if _c_scan is not None:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        try:
+            value, end = _c_scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end == len(text):
+            return value
+    return json.loads(text)  # whatever the fast path did not take, and the error messages
 
 
 def encode_meta(meta: dict[str, Any]) -> str:
@@ -79,7 +118,7 @@ def decode_content(ctype: int, body: bytes) -> Any:
     if ctype == CTYPE_TEXT:
         return body.decode("utf-8")
     if ctype == CTYPE_JSON:
-        return json.loads(body)
+        return loads_json(body)
     return bytes(body)
 
 

@@ -45,18 +45,37 @@ from habitus.storage._projections import Op
 __all__ = ["Ledger"]
 
 
+class _Group:
+    """Transactions that reached their commit in the same loop iteration, sealed and written as one batch.
+
+    Each transaction stays its own unit: its events were checked when staged, and a block that
+    raised never joins. Sealing them together saves the fixed cost of a seal, a batch and a round
+    of commit listeners per transaction, which is most of a small transaction's cost; they were
+    going to share one SQLite commit anyway (see :meth:`Writer.submit`).
+    """
+
+    __slots__ = ("checked", "ids", "known", "ops", "rows", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future[None]] = []  # one per transaction (see Batch.waiters)
+        self.checked: list[tuple[Any, ...]] = []
+        self.ids: list[bytes] = []
+        self.known: dict[bytes, int] = {}
+        self.ops: list[Op] = []
+        self.rows: list[Row] = []
+
+
 class TransactionScope:
     """``async with ledger.transaction() as tx:`` — commits the staged events when the block ends.
 
     (A class rather than an async generator: the runtime opens one per delivered message.)
     """
 
-    __slots__ = ("_prep", "_tx", "_writer")
+    __slots__ = ("_ledger", "_tx")
 
-    def __init__(self, writer: Writer, prep: Preparer) -> None:
-        self._writer = writer
-        self._prep = prep
-        self._tx = Transaction(prep)
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._tx = Transaction(ledger._prep)
 
     async def __aenter__(self) -> Transaction:
         return self._tx
@@ -65,15 +84,25 @@ class TransactionScope:
         if exc_type is not None:
             return  # the block failed: nothing staged is written
         tx = self._tx
-        checked, ids, staged, ops = tx._parts()
+        checked, ids, ops = tx._parts()
         if not checked and not ops:
             tx._done(CommittedEvents([]))
             return
-        known = await self._prep.check_causes(checked, staged)
-        batch, events = self._prep.seal(checked, known, ids=ids, ops=ops)
-        self._writer.submit(batch)
-        await batch.future
-        tx._done(events)
+        ledger = self._ledger
+        known = ledger._prep.known_causes(checked, ids)
+        if known is None:  # a cause this process has not seen lately: look it up in the store
+            known = await ledger._prep.check_causes(checked, ids)
+        group = ledger._join_group()
+        start = len(group.checked)
+        group.checked += checked
+        group.ids += ids
+        group.ops += ops
+        if known:
+            group.known.update(known)
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        group.waiters.append(committed)
+        await committed
+        tx._done(CommittedEvents(group.rows[start : start + len(checked)]))
 
 
 class Ledger:
@@ -98,6 +127,7 @@ class Ledger:
         self._writer: Writer | None = None
         self._committed: asyncio.Future[None] | None = None
         self._listeners: list[Callable[[Sequence[Op], Sequence[Row]], None]] = []
+        self._group: _Group | None = None
 
     async def _start(self) -> None:
         """Load the tree head and start the writer (read-only ledgers start no writer)."""
@@ -197,7 +227,30 @@ class Ledger:
         nothing is written. Events staged later may cite earlier ones by the id
         :meth:`Transaction.append` returned.
         """
-        return TransactionScope(self._require_writer(), self._prep)
+        self._require_writer()
+        return TransactionScope(self)
+
+    def _join_group(self) -> _Group:
+        """This loop iteration's group of committing transactions (sealed by a callback after it)."""
+        group = self._group
+        if group is None:
+            group = self._group = _Group()
+            asyncio.get_running_loop().call_soon(self._seal_group)
+        return group
+
+    def _seal_group(self) -> None:
+        group, self._group = self._group, None
+        if group is None:
+            return
+        try:
+            batch, _ = self._prep.seal(group.checked, group.known, ids=group.ids, ops=group.ops)
+            batch.waiters = group.waiters
+            group.rows = batch.rows
+            self._require_writer().submit(batch, group=True)
+        except BaseException as exc:  # noqa: BLE001 - handed to every transaction of the group
+            for waiter in group.waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
 
     def _require_writer(self) -> Writer:
         if self._writer is None:
@@ -215,9 +268,10 @@ class Ledger:
         self._listeners.append(listener)
 
     def _on_commit(self, batches: list[Batch]) -> None:
+        remember = self._prep.remember
         for batch in batches:
             for row in batch.rows:
-                self._prep.remember(row[1], row[0])
+                remember(row[1], row[0])
             for listener in self._listeners:
                 listener(batch.ops, batch.rows)
         if self._committed is not None and not self._committed.done():

@@ -76,22 +76,54 @@ def _valid(pattern: re.Pattern[str], text: str, seen: set[str]) -> bool:
     return True
 
 
-_ENCODED: dict[tuple[Any, ...], tuple[str, int]] = {}
+_ENCODED: dict[Any, Any] = {}
 """Canonical meta text of flat metas already checked: ``{"to": "agent:b", "type": "hop"}`` recurs on
-every message, and validating and encoding it again was a tenth of a delivery's cost."""
+every message, and validating and encoding it again was a tenth of a delivery's cost.
+
+A tree rather than a dict keyed by tuples, so that a hit allocates nothing (building the key
+tuple was itself a measurable share of a delivery): kind, then each name and value in order,
+then ``None`` holds ``(text, size)``. Values are short strings, filed as themselves, or ints
+and bools, filed as ``(type, value)`` since ``True == 1``; any other meta is checked every time."""
+_ENCODED_MAX = 65_536
+_encoded_count = [0]
 
 
-def _meta_key(kind: str, meta: Any) -> tuple[Any, ...] | None:
-    """A hashable key for a meta of a few short scalar values, or None (then it is checked every time)."""
-    if not isinstance(meta, dict) or len(meta) > 8:
-        return None
-    key: list[Any] = [kind]
+def _value_key(value: Any) -> Any:
+    kind_of = type(value)  # not isinstance: True and 1 must not share a key
+    if kind_of is str:
+        return value if len(value) <= 256 else None
+    if kind_of is int or kind_of is bool:
+        return (kind_of, value)
+    return None
+
+
+def _cached_meta(kind: str, meta: dict[Any, Any]) -> tuple[str, int] | None:
+    node = _ENCODED.get(kind)
     for name, value in meta.items():
-        kind_of = type(value)  # not isinstance: True and 1 must not share a key
-        if kind_of not in (str, int, bool) or (kind_of is str and len(value) > 256) or type(name) is not str:
+        if node is None or type(name) is not str:
             return None
-        key.append((name, kind_of, value))
-    return tuple(key)
+        node = node.get(name)
+        if node is None:
+            return None
+        key = value if type(value) is str else _value_key(value)
+        node = node.get(key) if key is not None else None
+    return node.get(None) if node is not None else None
+
+
+def _remember_meta(kind: str, meta: dict[Any, Any], encoded: tuple[str, int]) -> None:
+    if len(meta) > 8 or _encoded_count[0] >= _ENCODED_MAX:
+        return
+    path = []
+    for name, value in meta.items():
+        key = _value_key(value)
+        if key is None or type(name) is not str:
+            return
+        path.append((name, key))
+    node = _ENCODED.setdefault(kind, {})
+    for name, key in path:
+        node = node.setdefault(name, {}).setdefault(key, {})
+    node[None] = encoded
+    _encoded_count[0] += 1
 
 
 def load_head(store: LedgerStore) -> tuple[int, int, Frontier, int]:
@@ -125,8 +157,7 @@ class Preparer:
             )
         if not isinstance(draft.meta, dict):
             raise InvalidMetaError(f"{where}: meta must be a JSON object (a dict), not {type(draft.meta).__name__}")
-        key = _meta_key(draft.kind, draft.meta)
-        cached = _ENCODED.get(key) if key is not None else None
+        cached = _cached_meta(draft.kind, draft.meta)
         if cached is not None:
             meta, meta_size = cached
         else:
@@ -135,8 +166,7 @@ class Preparer:
                 meta_size = len(meta) if meta.isascii() else len(meta.encode("utf-8"))
             except (TypeError, ValueError) as exc:
                 raise InvalidMetaError(f"{where}: meta cannot be stored as JSON: {exc}") from None
-            if key is not None and len(_ENCODED) < 65_536:
-                _ENCODED[key] = (meta, meta_size)
+            _remember_meta(draft.kind, draft.meta, (meta, meta_size))
         if meta_size > self._limits.max_meta_bytes:
             raise ContentTooLargeError(
                 f"{where}: meta is {meta_size} bytes, over the limit of {self._limits.max_meta_bytes}"
@@ -167,15 +197,30 @@ class Preparer:
             if draft.at.tzinfo is None:
                 raise InvalidEventError(f"{where}: world time {draft.at!r} must be timezone-aware")
             at = to_micros(draft.at)
-        if not context.causes:
-            causes = draft.causes
-            if len(causes) > 1 and len(set(causes)) != len(causes):
-                causes = tuple(dict.fromkeys(causes))
-        else:
-            causes = tuple(dict.fromkeys((*context.causes, *draft.causes)))
+        causes = draft.causes
+        if not causes:
+            causes = context.causes  # caused_by keeps these free of duplicates
+        elif context.causes:
+            causes = tuple(dict.fromkeys((*context.causes, *causes)))
+        elif len(causes) > 1 and len(set(causes)) != len(causes):
+            causes = tuple(dict.fromkeys(causes))
         if len(causes) > 1000:
             raise InvalidEventError(f"{where}: {len(causes)} causes is over the limit of 1000")
         return (draft, spec, meta, encoded, thread, at, causes)
+
+    def known_causes(self, checked: list[tuple[Any, ...]], staged: Collection[bytes] = ()) -> dict[bytes, int] | None:
+        """Map every cause to its seq from memory, or return None if one must be looked up in the store."""
+        known: dict[bytes, int] = {}
+        recent = self._recent
+        for item in checked:
+            for cause in item[6]:
+                raw = cause.bytes
+                seq = recent.get(raw)
+                if seq is not None:
+                    known[raw] = seq
+                elif raw not in staged:
+                    return None
+        return known
 
     async def check_causes(self, checked: list[tuple[Any, ...]], staged: Collection[bytes] = ()) -> dict[bytes, int]:
         """Map every cause to its seq, or raise :class:`UnknownCauseError`.

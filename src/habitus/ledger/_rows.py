@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, overload
 
 from habitus.errors import InvalidRequestError
-from habitus.ledger._codec import CTYPE_NAMES, decode_content, from_micros
+from habitus.ledger._codec import CTYPE_NAMES, decode_content, from_micros, loads_json
 from habitus.ledger._models import Event, fast_event, uuid_from_bytes
 from habitus.storage._abstract import Row
 
@@ -34,7 +33,12 @@ def as_uuid(ref: EventRef) -> uuid.UUID:
 def event_from_row(row: Row) -> Event:
     """Build the public model from a stored row."""
     seq, id_, ts, at, actor, kind, thread, meta, causes, ctype, digest, _leaf, salt, body = row
-    cause_ids = tuple(uuid_from_bytes(causes[i : i + 16]) for i in range(0, len(causes), 16)) if causes else ()
+    if not causes:
+        cause_ids: tuple[uuid.UUID, ...] = ()
+    elif len(causes) == 16:  # most events have one cause (a delivered message's effects: the message)
+        cause_ids = (uuid_from_bytes(causes),)
+    else:
+        cause_ids = tuple([uuid_from_bytes(causes[i : i + 16]) for i in range(0, len(causes), 16)])
     erased = ctype is not None and salt is None
     content = decode_content(ctype, body) if ctype is not None and body is not None else None
     return fast_event(
@@ -94,14 +98,14 @@ def draft_of(
     at: datetime | None,
 ) -> RawDraft:
     """A draft from ``append``'s arguments."""
-    return RawDraft(kind, actor, content, meta or {}, tuple(as_uuid(c) for c in causes), thread, at)
+    return RawDraft(kind, actor, content, meta or {}, tuple(as_uuid(c) for c in causes) if causes else (), thread, at)
 
 
 def loads_meta(meta: str) -> dict[str, Any]:
     """Parse stored canonical meta JSON (the empty object without the parser)."""
     if meta == "{}":
         return {}
-    value: dict[str, Any] = json.loads(meta)
+    value: dict[str, Any] = loads_json(meta)
     return value
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from habitus._ids import new_ids
 from habitus.errors import InvalidRequestError
-from habitus.ledger._models import Event
+from habitus.ledger._models import Event, uuid_from_bytes
 from habitus.ledger._prepare import Preparer
 from habitus.ledger._rows import EventRef, draft_of
 from habitus.storage._projections import Op
@@ -30,7 +30,6 @@ class Transaction:
         self._prep = prep
         self._checked: list[tuple[Any, ...]] = []
         self._ids: list[bytes] = []
-        self._staged: set[bytes] = set()
         self._ops: list[Op] = []
         self._events: Sequence[Event] | None = None
 
@@ -58,8 +57,7 @@ class Transaction:
         (id_,) = new_ids(1)
         self._checked.append(checked)
         self._ids.append(id_)
-        self._staged.add(id_)
-        return uuid.UUID(bytes=id_)
+        return uuid_from_bytes(id_)
 
     def project(self, op: Op) -> None:
         """Add a projection change to commit with the staged events (for Habitus's subsystems)."""
@@ -84,8 +82,8 @@ class Transaction:
             raise InvalidRequestError("the transaction has not committed yet")
         return self._events
 
-    def _parts(self) -> tuple[list[tuple[Any, ...]], list[bytes], set[bytes], list[Op]]:
-        return self._checked, self._ids, self._staged, self._ops
+    def _parts(self) -> tuple[list[tuple[Any, ...]], list[bytes], list[Op]]:
+        return self._checked, self._ids, self._ops
 
     def _done(self, events: Sequence[Event]) -> None:
         self._events = events

@@ -68,6 +68,9 @@ class Batch:
     scrub: bool = False
     scrubbed: bool = False
     ops: list[Op] = field(default_factory=list)
+    # Futures of the transactions sealed into this batch, resolved with ``future`` (each has its
+    # own: cancelling one waiting transaction must not cancel the others).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class Writer:
@@ -91,11 +94,15 @@ class Writer:
         self._stopping = False
         self._writing = False  # a group is being written (by the thread or inline on the loop)
         self._flush_pending = False
+        # Groups the thread committed whose futures and listeners have not run on the loop yet. An
+        # inline commit must wait for them, or listeners would hear of commits out of order.
+        self._unannounced = 0
+        self._flush_deferred = False
         self._inline = inline
         self._thread = threading.Thread(target=self._run, name="habitus-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch, *, group: bool = False) -> None:
         """Queue a prepared batch; its future resolves after its commit.
 
         Small batches are not handed to the writer thread at once: a callback at
@@ -104,24 +111,41 @@ class Writer:
         append then skips two thread hops (about 60 of its 125 µs), and appenders
         that run in the same iteration still share one commit. Larger batches go
         straight to the writer thread, which overlaps writing with the loop.
+
+        ``group`` marks the transactions that reached their commit in this loop
+        iteration, sealed together at its end (see ``Ledger.transaction``): they
+        are flushed at once, inline if they are at most :data:`INLINE_GROUP` events.
+
+        Futures and commit listeners run in commit order: an inline commit waits
+        until the groups the thread committed before it have been announced.
         """
         with self._cond:
             if self._stopping:
                 raise HabitatClosedError("the ledger is closed; open the habitat again to write")
             self._queue.append(batch)
-            if not (self._inline and not batch.scrub and len(batch.rows) <= INLINE_EVENTS):
+            limit = INLINE_GROUP if group else INLINE_EVENTS
+            if not (self._inline and not batch.scrub and len(batch.rows) <= limit):
                 self._cond.notify()
                 return
-            if self._flush_pending:
+            if group:
+                self._flush_pending = False  # this flush takes whatever a pending one would have
+            elif self._flush_pending:
                 return
-            self._flush_pending = True
-        self._loop.call_soon(self._flush)
+            else:
+                self._flush_pending = True
+        if group:
+            self._flush()
+        else:
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Commit what is queued on the loop thread if the writer is idle and the group small."""
         with self._cond:
             self._flush_pending = False
             if not self._queue:
+                return
+            if self._unannounced and not self._stopping:
+                self._flush_deferred = True  # _announce flushes once the thread's commits are announced
                 return
             small = sum(len(b.rows) for b in self._queue) <= INLINE_GROUP and not any(b.scrub for b in self._queue)
             if self._writing or self._stopping or not small:
@@ -181,8 +205,9 @@ class Writer:
     def _fail(self, batches: list[Batch], error: BaseException, *, inline: bool = False) -> None:
         def fail() -> None:
             for batch in batches:
-                if not batch.future.done():
-                    batch.future.set_exception(error)
+                for future in (batch.future, *batch.waiters):
+                    if not future.done():
+                        future.set_exception(error)
 
         if inline:
             fail()
@@ -235,10 +260,28 @@ class Writer:
         if inline:
             self._resolve(live)
         else:
-            self._loop.call_soon_threadsafe(self._resolve, live)
+            with self._cond:
+                self._unannounced += 1
+            self._loop.call_soon_threadsafe(self._announce, live)
+
+    def _announce(self, batches: list[Batch]) -> None:
+        """Resolve a group the thread committed (on the loop, in commit order), then any deferred flush."""
+        try:
+            self._resolve(batches)
+        finally:
+            with self._cond:
+                self._unannounced -= 1
+                flush = self._flush_deferred and not self._unannounced
+                if flush:
+                    self._flush_deferred = False
+            if flush:
+                self._flush()
 
     def _resolve(self, batches: list[Batch]) -> None:
         for batch in batches:
             if not batch.future.done():
                 batch.future.set_result(None)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         self._on_commit(batches)

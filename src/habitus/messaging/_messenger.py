@@ -181,7 +181,9 @@ class Messenger:
             self._agents.require_reachable(to_agent)
             if self.policy is not None:
                 await self._check_policy(sender, "message:send", recipient)
-            if self.depth(to_agent) + _staged_for(tx, to_agent) >= self._capacity:
+            depth = self.depth(to_agent)
+            # (counting this transaction's own mail for the agent only matters near the capacity)
+            if depth + len(tx.ops) >= self._capacity and depth + _staged_for(tx, to_agent) >= self._capacity:
                 raise MailboxFullError(
                     f"the mailbox of agent {to_agent!r} is full ({self._capacity} messages waiting); retry later"
                 )
