@@ -172,6 +172,7 @@ def put_memories(
     row written again once, at the end.
     """
     tids: dict[tuple[str, str], int] = {}
+    existing: list[int] = []  # threads that had memories before this run (their rows are replaced)
     recent: dict[int, list[str]] = {}
     added: dict[tuple[str, str], int] = {}
     for op in ops:
@@ -191,6 +192,8 @@ def put_memories(
             "SELECT speaker, text FROM memories WHERE tid = ? ORDER BY rid DESC LIMIT ?", (tid, CONTEXT_PREVIOUS)
         ).fetchall()
         recent[tid] = [label(sp, t) for sp, t in reversed(earlier)]
+        if earlier:
+            existing.append(tid)
     rows: list[tuple[object, ...]] = []
     texts: list[tuple[object, ...]] = []
     vectors: list[tuple[object, ...]] = []
@@ -236,8 +239,12 @@ def put_memories(
             "ON CONFLICT (scope, speaker) DO UPDATE SET count = count + excluded.count",
             [(sc, sp, n) for (sc, sp), n in speakers.items()],
         )
-    for (scope, _), tid in tids.items():
-        _refresh_thread(conn, tid, scope)
+    if existing:
+        conn.executemany("DELETE FROM memory_threads WHERE rowid = ?", [(t,) for t in existing])
+    conn.executemany(
+        "INSERT INTO memory_threads (rowid, body, scope) VALUES (?, ?, ?)",
+        [(tid, _thread_body(conn, tid), scope_token(scope)) for (scope, _), tid in tids.items()],
+    )
 
 
 def _delete(conn: sqlite3.Connection, rid: int) -> None:
@@ -279,15 +286,19 @@ def _context_body(conn: sqlite3.Connection, rid: int, tid: int | None, own: str)
     return "\n".join([*(label(s, t) for s, t in reversed(earlier)), own])
 
 
-def _refresh_thread(conn: sqlite3.Connection, tid: int, scope: str) -> None:
-    conn.execute("DELETE FROM memory_threads WHERE rowid = ?", (tid,))
+def _thread_body(conn: sqlite3.Connection, tid: int) -> str:
     rows = conn.execute(
         "SELECT speaker, text FROM memories WHERE tid = ? ORDER BY rid DESC LIMIT ?", (tid, THREAD_LIMIT)
     ).fetchall()
-    if not rows:
+    return "\n".join(label(s, t) for s, t in reversed(rows))
+
+
+def _refresh_thread(conn: sqlite3.Connection, tid: int, scope: str) -> None:
+    conn.execute("DELETE FROM memory_threads WHERE rowid = ?", (tid,))
+    body = _thread_body(conn, tid)
+    if not body:
         conn.execute("DELETE FROM memory_thread_ids WHERE tid = ?", (tid,))
         return
-    body = "\n".join(label(s, t) for s, t in reversed(rows))
     conn.execute("INSERT INTO memory_threads (rowid, body, scope) VALUES (?, ?, ?)", (tid, body, scope_token(scope)))
 
 
