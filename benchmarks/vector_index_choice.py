@@ -42,7 +42,8 @@ import numpy.typing as npt
 
 from _common import log, pct
 from _vectors_data import PER_CLUSTER, clustered_vectors, queries_near, similarity_profile
-from habitus.memory._vectors import ExactIndex, IVFIndex, VectorSpace
+from habitus.memory._space import VectorSpace
+from habitus.memory._vectors import ExactIndex, IVFIndex
 
 F32 = npt.NDArray[np.float32]
 QUERIES = 200

@@ -8,7 +8,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from habitus.memory._vectors import ExactIndex, HNSWIndex, IVFIndex, VectorSpace
+from habitus.memory._hnsw import HNSWIndex
+from habitus.memory._space import VectorSpace
+from habitus.memory._vectors import ExactIndex, IVFIndex
 
 BIG_KIND = "hnsw" if HNSWIndex.available() else "ivf"  # what a partition past the threshold becomes
 

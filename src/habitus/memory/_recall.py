@@ -1,0 +1,231 @@
+"""Recall: gathering each signal's evidence, ranking, reranking, and recording what was returned."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from habitus.errors import (
+    EmbedderError,
+    InvalidRequestError,
+)
+from habitus.ledger._codec import from_micros
+from habitus.memory._models import Hit, Recall
+from habitus.memory._retrieval import Evidence, QueryInfo, Scored, analyse, fts_expression, rank, window_micros
+from habitus.memory._timeparse import TimeFilter
+from habitus.storage._memory import (
+    MemoryRow,
+    MemoryTouch,
+    label,
+)
+
+if TYPE_CHECKING:
+    pass
+from habitus.memory._base import _MemoryView
+from habitus.memory._shared import _MAX_K, _aware, _check_scope, _now, _passes, _record_from_row
+
+if TYPE_CHECKING:
+    from habitus.memory._service import Reranker
+
+
+__all__ = ["_Recalling"]
+
+
+class _Recalling(_MemoryView):
+    """Recall for :class:`~habitus.memory.AgentMemory`."""
+
+    # -- recalling --------------------------------------------------------------------------
+
+    async def recall(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        kinds: Iterable[str] | None = None,
+        tags: Iterable[str] | None = None,
+        as_of: datetime | None = None,
+        scope: str | Iterable[str] | None = None,
+        now: datetime | None = None,
+        mode: Literal["hybrid", "dense", "lexical"] = "hybrid",
+    ) -> Recall:
+        """Recall the ``k`` memories that best answer ``query``, best first.
+
+        Hybrid: BM25 over the full text and the embedder's vectors, fused by
+        weighted reciprocal rank, then evidence from time expressions in the
+        query ("last week", "in May 2023", "before the trip"), names it
+        mentions, and recency. A ``memory.recalled`` event lists what was
+        returned (and cites it), so later actions trace back to it.
+
+        Args:
+            query: What to look for (1 to 10,000 characters).
+            k: How many hits (1 to 1000).
+            since, until: Only memories whose world time is in ``[since, until)``.
+            kinds: Only memories of these kinds.
+            tags: Only memories carrying all these tags.
+            as_of: Only memories recorded at or before this time.
+            scope: A scope or scopes to search (default: every scope this agent may read).
+            now: "Now" for relative time expressions (default: the clock).
+            mode: ``hybrid`` (every signal), ``dense`` (vectors, speaker and time; no
+                full-text search) or ``lexical`` (no vectors).
+
+        Raises:
+            InvalidRequestError: A malformed argument.
+            ScopeDeniedError: ``scope`` names a scope the agent may not read (recorded).
+        """
+        if not isinstance(query, str) or not query.strip() or len(query) > 10_000:
+            raise InvalidRequestError(
+                f"the query must be a non-empty string of at most 10,000 characters, not {query!r}"
+            )
+        if mode not in ("hybrid", "dense", "lexical"):
+            raise InvalidRequestError(f"mode must be 'hybrid', 'dense' or 'lexical', not {mode!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= _MAX_K:
+            raise InvalidRequestError(f"k must be an integer from 1 to {_MAX_K}, not {k!r}")
+        since, until, as_of = _aware(since, "since"), _aware(until, "until"), _aware(as_of, "as_of")
+        now = _aware(now, "now") or _now()
+        kind_set = set(kinds) if kinds is not None else None
+        tag_set = set(tags) if tags is not None else None
+        allowed = await self.scopes()
+        if scope is None:
+            scopes = sorted(allowed)
+        else:
+            wanted = [scope] if isinstance(scope, str) else list(scope)
+            scopes = []
+            for name in wanted:
+                resolved = self.private if name in ("private", "self") else _check_scope(name)
+                if resolved not in allowed:
+                    await self._deny("memory:read", resolved)
+                scopes.append(resolved)
+        svc = self._svc
+        info = analyse(query, now)
+        if info.time is not None and info.time.anchor is not None:
+            info = await self._resolve_anchor(info, scopes, now)
+        qvec = await svc.embed([query]) if mode != "lexical" else None
+        evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k, mode != "dense")
+        ranked = rank(info, evidence, now=now, tuning=svc.tuning)
+        kept = [s for s in ranked if _passes(evidence.rows[s.rid], since, until, kind_set, tag_set, as_of)]
+        if svc.reranker is not None and kept:
+            kept = await self._rerank(svc.reranker, query, kept, evidence, max(k, svc.tuning.rerank_depth))
+        hits = [self._hit(evidence.rows[s.rid], s) for s in kept[:k]]
+        event = await self._record_recall(query, k, scopes, hits)
+        return Recall(hits=hits, event=event, query=query, time_filter=info.time.expression if info.time else None)
+
+    async def _rerank(
+        self, reranker: Reranker, query: str, ranked: list[Scored], ev: Evidence, depth: int
+    ) -> list[Scored]:
+        """Reorder the best ``depth`` candidates by the reranker's scores (the rest keep their order)."""
+        head, tail = ranked[:depth], ranked[depth:]
+        texts = [label(ev.rows[s.rid].speaker, ev.rows[s.rid].text) for s in head]
+        try:
+            scores = list(await asyncio.to_thread(reranker.rerank, query, texts))
+        except Exception as exc:
+            raise EmbedderError(f"the reranker failed: {exc}") from exc
+        if len(scores) != len(head):
+            raise EmbedderError(f"the reranker returned {len(scores)} scores for {len(head)} texts")
+        for s, score in zip(head, scores, strict=True):
+            s.why["rerank"] = round(float(score), 4)
+        order = sorted(range(len(head)), key=lambda i: (-float(scores[i]), i))
+        return [head[i] for i in order] + tail
+
+    def _evidence(
+        self,
+        info: QueryInfo,
+        qvec: np.ndarray[Any, Any] | None,
+        scopes: Sequence[str],
+        k: int,
+        lexical: bool = True,
+    ) -> Evidence:
+        """Gather each signal's evidence for ``info`` over ``scopes`` (runs in a worker thread)."""
+        svc = self._svc
+        store = svc._store
+        tuning = svc.tuning
+        total, speakers = store.memory_scope_stats(scopes)
+        ev = Evidence(total=total, speakers=speakers)
+        if total == 0:
+            return ev
+        exact = total <= tuning.exact_below
+        n = total if exact else max(tuning.candidates, 3 * k)
+        expr = fts_expression(info.terms) if lexical else None
+        if expr:
+            found_text = store.memory_search(expr, scopes, n)
+            ev.lexical = dict(found_text)
+            ev.lexical_complete = len(found_text) < n or exact
+            ev.threads = {tid: (score, size) for tid, score, size in store.memory_thread_search(expr, scopes, n)}
+        space = svc._vectors()
+        if qvec is not None and space is not None:
+            q = qvec[0]
+            found = space.search(scopes, q, n)
+            ev.dense = dict(found)
+            if exact and len(found) >= total * 0.9:
+                values = np.fromiter(ev.dense.values(), dtype=np.float64)
+                ev.dense_stats = (float(values.mean()), float(values.std()))
+            else:
+                ev.dense_stats = svc._dense_stats(scopes, q)
+        if info.time is not None and (info.time.start is not None or info.time.end is not None):
+            start, end = window_micros(info.time, tuning.time_slack_days)
+            ev.window = store.memory_window(scopes, start, end, n)
+        wanted = list(dict.fromkeys([*ev.lexical, *(ev.dense if not exact else []), *ev.window]))
+        if exact:  # every memory has a dense score: the best by it are candidates too
+            best = sorted(ev.dense.items(), key=lambda kv: -kv[1])[: max(tuning.candidates, 3 * k)]
+            wanted = list(dict.fromkeys([*wanted, *(rid for rid, _ in best)]))
+        ev.rows = {row.rid: row for row in store.memories(wanted)}
+        missing = [rid for rid in ev.rows if rid not in ev.dense]
+        if qvec is not None and space is not None and missing:
+            name = svc.embedder.name
+            for rid, (embedder, blob) in store.memory_vectors_of(missing).items():
+                if embedder == name:
+                    ev.dense[rid] = float(np.frombuffer(blob, dtype=np.float32) @ qvec[0])
+        return ev
+
+    async def _resolve_anchor(self, info: QueryInfo, scopes: Sequence[str], now: datetime) -> QueryInfo:
+        """Turn "before/after <something>" into a window bounded by when that something happened."""
+        window = info.time
+        assert window is not None and window.anchor is not None
+        anchor_info = analyse(window.anchor, now)
+        qvec = await self._svc.embed([window.anchor])
+        evidence = await asyncio.to_thread(self._evidence, anchor_info, qvec, scopes, 3)
+        ranked = rank(anchor_info, evidence, now=now, tuning=self._svc.tuning)
+        dated = [evidence.rows[s.rid] for s in ranked[:3] if evidence.rows[s.rid].at is not None]
+        if not dated:
+            return QueryInfo(info.text, info.words, info.terms, None)
+        when = from_micros(dated[0].at or 0)
+        bounded = (
+            TimeFilter(start=None, end=when, expression=window.expression, relation="before")
+            if window.relation == "before"
+            else TimeFilter(start=when, end=None, expression=window.expression, relation="after")
+        )
+        return QueryInfo(info.text, info.words, info.terms, bounded)
+
+    def _hit(self, row: MemoryRow, s: Scored) -> Hit:
+        record = _record_from_row(row)
+        return Hit(record=record, score=round(s.score, 6), why=s.why, provenance=[record.id, *record.sources])
+
+    async def _record_recall(self, query: str, k: int, scopes: Sequence[str], hits: Sequence[Hit]) -> uuid.UUID | None:
+        meta = {
+            "agent": self.agent,
+            "scopes": list(scopes)[:64],
+            "k": k,
+            "returned": [str(h.record.id) for h in hits],
+            "scores": [h.score for h in hits],
+        }
+        causes = [h.record.id for h in hits]
+        touch = MemoryTouch(tuple(h.record.seq for h in hits), time.time_ns() // 1000)
+        if self._tx is not None:
+            event = self._tx.append("memory.recalled", actor=self.principal, content=query, meta=meta, causes=causes)
+            if hits:
+                self._tx.project(touch)
+            return event
+        if self._svc._store.read_only:
+            return None
+        async with self._svc._ledger.transaction() as tx:
+            event = tx.append("memory.recalled", actor=self.principal, content=query, meta=meta, causes=causes)
+            if hits:
+                tx.project(touch)
+        return event
