@@ -156,7 +156,6 @@ class _Recalling(_MemoryView):
         if expr:
             found_text = store.memory_search(expr, scopes, n)
             ev.lexical = dict(found_text)
-            ev.lexical_complete = len(found_text) < n or exact
             ev.threads = {tid: (score, size) for tid, score, size in store.memory_thread_search(expr, scopes, n)}
         space = svc._vectors()
         if qvec is not None and space is not None:

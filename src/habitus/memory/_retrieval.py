@@ -100,7 +100,6 @@ class Evidence:
     Attributes:
         total: How many memories were searched.
         lexical: ``rid -> BM25`` of the memories (in thread context) that match.
-        lexical_complete: ``lexical`` holds every match (else only the best).
         threads: ``tid -> (BM25, memories in the thread)`` of the threads that match.
         dense: ``rid -> cosine`` for the candidates (every memory when ``dense_stats`` is exact).
         dense_stats: ``(mean, standard deviation)`` of the cosine over the memories searched.
@@ -111,7 +110,6 @@ class Evidence:
 
     total: int
     lexical: dict[int, float] = field(default_factory=dict)
-    lexical_complete: bool = True
     threads: dict[int, tuple[float, int]] = field(default_factory=dict)
     dense: dict[int, float] = field(default_factory=dict)
     dense_stats: tuple[float, float] = (0.0, 0.0)

@@ -147,31 +147,24 @@ class VectorSpace:
                 holds NaN or infinity, or keys are not integers.
         """
         k, v = _check_batch(keys, vectors, self.dim)
-        if not len(k):
-            return
-        with self._lock:
-            part = self._parts.get(partition)
-            if part is None:
-                return
-            if part.journal is not None:
-                part.journal.append(("add", k, v))
-            if part.index is not None:
-                part.index.add(k, v)
-                self._maybe_rebuild_locked(partition, part)
+        self._write(partition, ("add", k, v))
 
     def remove(self, partition: str, keys: Sequence[int] | npt.ArrayLike) -> None:
         """Remove ``keys`` from ``partition``; unknown keys are ignored. Searches that start after never return them."""
-        k = _as_keys(keys)
-        if not len(k):
+        self._write(partition, ("remove", _as_keys(keys), None))
+
+    def _write(self, partition: str, op: _Op) -> None:
+        """Apply ``op`` to a loaded partition (and journal it while a new index is built)."""
+        if not len(op[1]):
             return
         with self._lock:
             part = self._parts.get(partition)
             if part is None:
                 return
             if part.journal is not None:
-                part.journal.append(("remove", k, None))
+                part.journal.append(op)
             if part.index is not None:
-                part.index.remove(k)
+                _apply(part.index, op)
                 self._maybe_rebuild_locked(partition, part)
 
     def drop(self, partition: str) -> None:
@@ -222,11 +215,8 @@ class VectorSpace:
 
     def _install_locked(self, name: str, part: _Partition, index: VectorIndex, seconds: float) -> None:
         """Replay the writes made during the build onto ``index`` and put it in service."""
-        for op, keys, vectors in part.journal or ():
-            if op == "add" and vectors is not None:
-                index.add(keys, vectors)
-            else:
-                index.remove(keys)
+        for op in part.journal or ():
+            _apply(index, op)
         part.index, part.journal, part.build_seconds = index, None, seconds
         if self._parts.get(name) is part:
             self._maybe_rebuild_locked(name, part)
@@ -275,3 +265,12 @@ class VectorSpace:
             if not inline:
                 with self._lock:
                     self._threads.discard(threading.current_thread())
+
+
+def _apply(index: VectorIndex, op: _Op) -> None:
+    """One journalled write, applied to ``index``."""
+    kind, keys, vectors = op
+    if kind == "add" and vectors is not None:
+        index.add(keys, vectors)
+    else:
+        index.remove(keys)

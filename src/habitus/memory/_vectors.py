@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from typing import Literal, Protocol, TypeAlias, TypeVar
 
@@ -221,7 +222,7 @@ def _score(views: Sequence[_View], q: npt.NDArray[np.float32], want: int) -> tup
     return keys, scores[top]
 
 
-class _SegmentedIndex:
+class _SegmentedIndex(ABC):
     """What both indexes share: segments, a key → segment map, the lock, search and export."""
 
     kind: IndexKind
@@ -242,11 +243,13 @@ class _SegmentedIndex:
     def __len__(self) -> int:
         return len(self._where)
 
+    @abstractmethod
     def _route(self, vectors: Vectors) -> npt.NDArray[np.intp]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The segment each vector belongs in."""
 
+    @abstractmethod
     def _probe(self, query: npt.NDArray[np.float32]) -> Sequence[int]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The segments a search for ``query`` scans."""
 
     def add(self, keys: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
         """Add ``vectors[i]`` under ``keys[i]``; a key already present is replaced.
