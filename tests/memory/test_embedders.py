@@ -23,13 +23,12 @@ from habitus.errors import EmbedderError, InvalidRequestError, error_code
 from habitus.memory import _embedders
 from habitus.memory._embedders import (
     Embedder,
-    EmbeddingEndpointError,
     HashEmbedder,
     LexicalEmbedder,
     LocalEmbedder,
-    OpenAIEmbedder,
     resolve_embedder,
 )
+from habitus.memory._openai import EmbeddingEndpointError, OpenAIEmbedder
 
 # --- the real local model -----------------------------------------------------------
 

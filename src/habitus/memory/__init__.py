@@ -5,11 +5,11 @@ from habitus.memory._embedders import (
     HashEmbedder,
     LexicalEmbedder,
     LocalEmbedder,
-    OpenAIEmbedder,
     resolve_embedder,
 )
 from habitus.memory._memory import AgentMemory, MemoryService, Reranker, Summarizer
 from habitus.memory._models import Fact, Forgotten, Hit, MemoryRecord, Recall
+from habitus.memory._openai import OpenAIEmbedder
 from habitus.memory._retrieval import Tuning
 
 __all__ = [
