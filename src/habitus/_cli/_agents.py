@@ -40,6 +40,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 _DEAD_SHOWN = 20  # dead letters listed by 'habitus agents ID' (the latest ones)
 
 
+def json_argument(text: str, name: str, otherwise: str) -> Any:
+    """``text`` parsed as JSON, or an error naming the argument and how to pass plain text instead."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequestError(f"{name} is not valid JSON ({exc}); leave out --json {otherwise}") from None
+
+
 def _me() -> str:
     """``human:<user name>``, the default principal of a person at the terminal."""
     try:
@@ -188,12 +196,7 @@ def send(
     thread: str | None,
 ) -> None:
     """Send MESSAGE to AGENT's mailbox; a running app delivers it."""
-    body: Any = message
-    if as_json:
-        try:
-            body = json.loads(message)
-        except ValueError as exc:
-            raise InvalidRequestError(f"MESSAGE is not valid JSON ({exc}); leave out --json to send text") from None
+    body: Any = json_argument(message, "MESSAGE", "to send text") if as_json else message
 
     async def work(hab: Habitat) -> str:
         event = await hab.messages.send(agent, body, sender=sender or _me(), type=message_type, thread=thread)

@@ -10,10 +10,9 @@ from typing import Any
 
 import click
 
-from habitus._cli._agents import _with_habitat
+from habitus._cli._agents import _with_habitat, json_argument
 from habitus._cli._main import _Context, _parse_time, cli
 from habitus._habitat import Habitat
-from habitus.errors import InvalidRequestError
 from habitus.memory._models import Fact, MemoryRecord, Recall
 
 __all__ = ["assert_fact", "facts", "forget", "memories", "recall", "reindex", "remember"]
@@ -162,12 +161,7 @@ def assert_fact(
     sources: tuple[str, ...],
 ) -> None:
     """Make AGENT believe SUBJECT PREDICATE VALUE; a contradicting current fact is superseded."""
-    parsed: Any = value
-    if value_json:
-        try:
-            parsed = json.loads(value)
-        except ValueError as exc:
-            raise InvalidRequestError(f"VALUE is not valid JSON ({exc}); leave out --json for text") from None
+    parsed: Any = json_argument(value, "VALUE", "for text") if value_json else value
 
     async def work(hab: Habitat) -> Fact:
         return await hab.memory(agent).assert_fact(
