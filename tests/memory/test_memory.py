@@ -327,3 +327,16 @@ async def test_a_reranker_reorders_the_best_candidates(hab: Habitat) -> None:
     assert reranker.calls == [("where does the red kite nest?", 2)]
     assert after[0].why["rerank"] == -len("red kite nest")
     assert {h.record.id for h in before} == {short.id, long.id}
+
+
+async def test_approximate_statistics_find_what_exact_ones_find(hab: Habitat) -> None:
+    from habitus.memory import Tuning
+
+    mem = hab.memory("ada")
+    target = await mem.remember("the lighthouse lamp was repaired by Orla on Tuesday")
+    await mem.remember_many([f"an unrelated note about the harvest, number {i}" for i in range(40)])
+    exact = await mem.recall("who repaired the lighthouse lamp?", k=3)
+    hab.memories.tuning = Tuning(exact_below=5, candidates=10)  # 41 memories: approximate path
+    approximate = await mem.recall("who repaired the lighthouse lamp?", k=3)
+    assert exact[0].record.id == approximate[0].record.id == target.id
+    assert "dense" in approximate[0].why and "lexical" in approximate[0].why

@@ -83,7 +83,8 @@ class MemoryService:
         self._settings = settings
         self._embedder = embedder
         self._space: VectorSpace | None = None
-        self._samples: dict[str, np.ndarray[Any, Any]] = {}  # per scope: vectors for score statistics
+        # per scope: vectors for score statistics, and the scope's size when they were drawn
+        self._samples: dict[str, tuple[int, np.ndarray[Any, Any]]] = {}
         self.tuning = Tuning()
         self.reranker: Reranker | None = None
         self.notice: str | None = None
@@ -127,11 +128,13 @@ class MemoryService:
         return keys, vectors
 
     def _dense_stats(self, scopes: Sequence[str], query: np.ndarray[Any, Any]) -> tuple[float, float]:
-        """Mean and standard deviation of the query's cosine over ``scopes``, from a sample of each."""
+        """Mean and standard deviation of the query's cosine over ``scopes``, from a sample of each
+        (drawn again once a scope has doubled or halved since)."""
         parts: list[np.ndarray[Any, Any]] = []
         for scope in scopes:
-            sample = self._samples.get(scope)
-            if sample is None:
+            size = self._store.memory_count(scope)
+            drawn, sample = self._samples.get(scope, (0, None))
+            if sample is None or not drawn / 2 <= size <= drawn * 2:
                 blobs = self._store.memory_vector_sample(scope, 1024)
                 dim = self.embedder.dim
                 sample = (
@@ -139,7 +142,7 @@ class MemoryService:
                     if blobs
                     else np.zeros((0, dim), dtype=np.float32)
                 )
-                self._samples[scope] = sample
+                self._samples[scope] = (size, sample)
             if len(sample):
                 parts.append(sample @ query)
         if not parts:
