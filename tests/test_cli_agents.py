@@ -157,7 +157,9 @@ def test_the_list_pages_with_limit_and_after(hab: Callable[..., Result]) -> None
 
 def test_send_queues_text_and_json_messages(hab: Callable[..., Result], tmp_path: Path) -> None:
     assert hab("spawn", "scout", "--behaviour", "Scout", "--owner", "human:ada").exit_code == 0
-    sent = hab("send", "scout", "hello there")
+    refused = hab("send", "scout", "hello there")  # the sender defaults to the user, who does not own scout
+    assert refused.exit_code == 8 and "may not message:send agent:scout" in refused.output
+    sent = hab("send", "scout", "hello there", "--from", "human:ada")
     assert sent.exit_code == 0, sent.output
     assert "1 waiting in its mailbox" in sent.output
     assert field_of(hab("agents", "scout").output, "mailbox") == "1 message waiting"
@@ -391,7 +393,7 @@ def test_a_message_whose_handler_keeps_failing_is_shown_as_a_dead_letter(
     app_file = tmp_path / "notes.py"
     app_file.write_text(APP_SOURCE)
     assert hab("spawn", "broken", "--behaviour", "Broken", "--owner", "human:ada").exit_code == 0
-    assert hab("send", "broken", "please work", "--type", "job").exit_code == 0
+    assert hab("send", "broken", "please work", "--type", "job", "--from", "human:ada").exit_code == 0
 
     with app_running(path, app_file, {"HABITUS_MAX_ATTEMPTS": "1"}) as process:
         process.read_until("running app")

@@ -14,11 +14,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from habitus._acting import Acting
 from habitus._settings import Settings
 from habitus._version import __version__
 from habitus.agents._behaviour import App
 from habitus.agents._registry import Agents
 from habitus.agents._runtime import Runtime, RuntimeOptions
+from habitus.control._control import Control
 from habitus.errors import (
     HabitatExistsError,
     HabitatLockedError,
@@ -42,6 +44,7 @@ _INFO = "habitat.json"
 _KEY = "checkpoint.key"
 _LOCK = "writer.lock"
 _DB = "ledger.db"
+_INBOX = "inbox"
 
 
 class HabitatInfo:
@@ -102,8 +105,12 @@ class Habitat:
         self._settings = settings
         self._closed = False
         self._agents = Agents(ledger, store)
-        self._messages = Messenger(ledger, store, self._agents, mailbox_capacity=settings.mailbox_capacity)
-        self._memories = MemoryService(ledger, store, self._agents, settings)
+        self._control = Control(ledger, store, self._agents)
+        self._control.inbox = path / _INBOX
+        self._messages = Messenger(
+            ledger, store, self._agents, self._control, mailbox_capacity=settings.mailbox_capacity
+        )
+        self._memories = MemoryService(ledger, store, self._agents, settings, self._control)
         self._runtime: Runtime | None = None
 
     # -- opening ----------------------------------------------------------------------
@@ -144,6 +151,7 @@ class Habitat:
                 "habitat.created", actor="system", meta={"name": info.name, "habitus_version": __version__}
             )
             await ledger.checkpoint()
+            await hab._control.load_config(settings.control)
             _write_info(where, info)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -194,7 +202,15 @@ class Habitat:
             if lock is not None:
                 lock.close()
             raise
-        return cls(where, info, ledger, store, lock, settings)
+        hab = cls(where, info, ledger, store, lock, settings)
+        if not read_only:
+            try:
+                await hab._control.load_config(settings.control)
+                await hab._control.process_inbox()
+            except BaseException:
+                await hab.close()
+                raise
+        return hab
 
     # -- using ------------------------------------------------------------------------
 
@@ -212,6 +228,23 @@ class Habitat:
     def messages(self) -> Messenger:
         """Messaging from outside the agents: send, publish, request, reply."""
         return self._messages
+
+    @property
+    def control(self) -> Control:
+        """The policy: capabilities, approvals, budgets, trust labels, and the one check everything passes."""
+        return self._control
+
+    def acting_as(self, principal: str, *, on_behalf_of: str | None = None) -> Acting:
+        """The habitat as ``principal`` sees it: every call acts as it, through the control layer.
+
+        Example:
+            >>> ada = hab.acting_as("human:ada")  # doctest: +SKIP
+            >>> await ada.send("scout", "look north")  # doctest: +SKIP
+
+        Raises:
+            InvalidRequestError: ``principal`` is not a principal.
+        """
+        return Acting(self, principal, on_behalf_of)
 
     @property
     def memories(self) -> MemoryService:

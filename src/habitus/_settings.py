@@ -10,11 +10,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from habitus.control._config import ControlConfig
 from habitus.errors import InvalidRequestError
 
 __all__ = ["Settings"]
 
 _ENV_PREFIX = "HABITUS_"
+_FILE_ONLY = {"control"}  # tables, not values: set in habitus.toml
 
 
 class Settings(BaseModel):
@@ -40,6 +42,8 @@ class Settings(BaseModel):
         embeddings_key: API key for that endpoint (prefer ``HABITUS_EMBEDDINGS_KEY`` to a file).
         memory_capacity: Most memories one agent keeps (0: no limit); beyond it the
             least valuable (by importance and recency) are forgotten.
+        control: Grants, approval rules, budgets and trust labels (the ``[control]``
+            table of ``habitus.toml``), recorded as events when the habitat opens for writing.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,6 +61,7 @@ class Settings(BaseModel):
     embeddings_url: str | None = None
     embeddings_key: str | None = None
     memory_capacity: int = Field(default=0, ge=0)
+    control: ControlConfig = Field(default_factory=ControlConfig)
 
     @classmethod
     def resolve(
@@ -90,6 +95,8 @@ class Settings(BaseModel):
             raise InvalidRequestError(f"settings file {str(config_file)!r} does not exist")
         env = os.environ if environ is None else environ
         for key in cls.model_fields:
+            if key in _FILE_ONLY:
+                continue
             raw = env.get(_ENV_PREFIX + key.upper())
             if raw is not None:
                 values[key] = raw

@@ -19,8 +19,11 @@ The hierarchy::
     │   ├── MailboxFullError          the recipient's mailbox is at capacity (backpressure)
     │   └── RequestTimeoutError       no reply came in time
     ├── PolicyDeniedError             policy refused it (a policy.denied event records it)
-    │   └── ScopeDeniedError          a memory scope the principal may not read or write
+    │   ├── ScopeDeniedError          a memory scope the principal may not read or write
+    │   ├── BudgetExceededError       it would go over a budget (a budget.exceeded event records it)
+    │   └── ApprovalRejectedError     a human rejected the approval it waited for
     ├── HabitatUnavailableError       the habitat cannot do this right now
+    │   ├── ApprovalPendingError      the approval it waits for was not decided in time
     │   ├── EmbedderError             the embedding model or endpoint failed or is missing
     │   ├── HabitatNotFoundError      no habitat at that path
     │   ├── HabitatExistsError        init over an existing habitat
@@ -44,6 +47,9 @@ __all__ = [
     "ERROR_TABLE",
     "AgentExistsError",
     "AgentRetiredError",
+    "ApprovalPendingError",
+    "ApprovalRejectedError",
+    "BudgetExceededError",
     "ContentTooLargeError",
     "EmbedderError",
     "ErrorCode",
@@ -140,15 +146,41 @@ class RequestTimeoutError(MessagingError):
 
 
 class PolicyDeniedError(HabitatError):
-    """Policy refused the action; a ``policy.denied`` event records who, what and why."""
+    """Policy refused the action; a ``policy.denied`` event records who, what and why.
+
+    Attributes:
+        principal: Who was refused (when known).
+        action: What it tried, e.g. ``message:send``.
+        resource: On what, e.g. ``agent:scout``.
+    """
+
+    def __init__(
+        self, message: str, *, principal: str | None = None, action: str | None = None, resource: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.principal = principal
+        self.action = action
+        self.resource = resource
 
 
 class ScopeDeniedError(PolicyDeniedError):
     """A principal tried to read or write a memory scope it was not granted."""
 
 
+class BudgetExceededError(PolicyDeniedError):
+    """The work would go over a budget of tokens, tool calls or messages; nothing of it was done."""
+
+
+class ApprovalRejectedError(PolicyDeniedError):
+    """A human rejected the approval the action waited for."""
+
+
 class HabitatUnavailableError(HabitatError):
     """The habitat exists but cannot serve this request in its current state."""
+
+
+class ApprovalPendingError(HabitatUnavailableError):
+    """No human decided the approval in time; the request stays in the queue."""
 
 
 class EmbedderError(HabitatUnavailableError):
@@ -213,6 +245,9 @@ ERROR_TABLE: dict[type[HabitatError], ErrorCode] = {
     RequestTimeoutError: ErrorCode(7, 504),
     PolicyDeniedError: ErrorCode(8, 403),
     ScopeDeniedError: ErrorCode(8, 403),
+    BudgetExceededError: ErrorCode(8, 429),
+    ApprovalRejectedError: ErrorCode(8, 403),
+    ApprovalPendingError: ErrorCode(4, 409),
     HabitatUnavailableError: ErrorCode(4, 503),
     EmbedderError: ErrorCode(4, 503),
     HabitatNotFoundError: ErrorCode(3, 404),

@@ -10,6 +10,7 @@ import pytest
 
 from habitus import Agent, App, Habitat, Message, Settings, handles
 from habitus.agents import RuntimeOptions
+from habitus.control import PolicyRequest
 from habitus.errors import (
     AgentExistsError,
     AgentRetiredError,
@@ -19,7 +20,6 @@ from habitus.errors import (
     RequestTimeoutError,
     UnknownAgentError,
 )
-from habitus.messaging import PolicyRequest
 
 FAST = RuntimeOptions(retry_base=0.01, idle_seconds=5, timer_poll=0.05)
 
@@ -140,6 +140,9 @@ async def test_a_causal_chain_across_three_agents_reaches_the_first_message(runn
 
 
 async def test_topics_with_wildcards_reach_every_subscriber(running: Habitat) -> None:
+    with pytest.raises(PolicyDeniedError, match=r"source:s1 may not message:publish topic:sensors\.north\.temp"):
+        await running.messages.publish("sensors.north.temp", 31.4, sender="source:s1")
+    await running.control.grant("source:s1", "message:publish", "topic:*")
     published = await running.messages.publish("sensors.north.temp", 31.4, sender="source:s1")
     assert published.meta["recipients"] == 3
 
@@ -224,18 +227,20 @@ async def test_unknown_retired_and_full_mailboxes_are_clear_errors(running: Habi
         await running.messages.send("c", "x", sender="human:ada")
 
 
-async def test_policy_can_refuse_sending_and_the_denial_is_recorded(running: Habitat) -> None:
+async def test_an_app_policy_hook_can_refuse_what_capabilities_allow_and_the_denial_is_recorded(
+    running: Habitat,
+) -> None:
     def policy(request: PolicyRequest) -> str | None:
-        if request.principal == "human:mallory":
-            return "mallory may not talk to agents"
+        if request.action == "message:send" and request.resource == "agent:a":
+            return "agent a takes no messages today"
         return None
 
-    running.messages.policy = policy
-    with pytest.raises(PolicyDeniedError, match="mallory"):
-        await running.messages.send("a", "hi", sender="human:mallory")
+    running.control.add_hook(policy)
+    await running.messages.send("b", "hi", sender="human:ada")  # ada owns b: allowed by default and by the hook
+    with pytest.raises(PolicyDeniedError, match="no messages today"):
+        await running.messages.send("a", "hi", sender="human:ada")
     (denial,) = (await running.ledger.query(kind="policy.denied")).events
-    assert denial.meta["principal"] == "human:mallory" and denial.meta["action"] == "message:send"
-    await running.messages.send("a", "hi", sender="human:ada")
+    assert denial.meta["principal"] == "human:ada" and denial.meta["action"] == "message:send"
 
 
 async def test_messages_wait_in_the_mailbox_until_an_app_runs(tmp_path: Path) -> None:

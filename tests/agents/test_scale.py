@@ -137,7 +137,9 @@ async def test_a_million_registered_agents_cost_little_memory_and_only_messaged_
         before = _rss()
         for start in range(0, REGISTERED, CHUNK):
             end = min(start + CHUNK, REGISTERED)
-            await hab.agents.spawn_many([SpawnSpec(_agent(n), behaviour="Echo") for n in range(start, end)])
+            await hab.agents.spawn_many(
+                [SpawnSpec(_agent(n), behaviour="Echo", owner="human:ada") for n in range(start, end)]
+            )
         assert await hab.agents.count() == REGISTERED
 
         runtime = await hab.start(echo_app(), options=RuntimeOptions(retry_base=0.01))

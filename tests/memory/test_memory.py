@@ -195,7 +195,7 @@ async def test_scopes_isolate_agents_and_denials_are_recorded(hab: Habitat) -> N
     ada, bob = hab.memory("ada"), hab.memory("bob")
     diary = await ada.remember("my diary: I am afraid of moths")
     assert all(h.record.id != diary.id for h in await bob.recall("afraid of moths"))
-    with pytest.raises(ScopeDeniedError, match="agent:bob may not read agent:ada"):
+    with pytest.raises(ScopeDeniedError, match="agent:bob may not memory:read scope:agent:ada"):
         await bob.recall("moths", scope="agent:ada")
     with pytest.raises(ScopeDeniedError):
         await bob.get(diary.id)
@@ -205,10 +205,10 @@ async def test_scopes_isolate_agents_and_denials_are_recorded(hab: Habitat) -> N
         await bob.remember("planted", scope="agent:ada")
     denials = (await hab.ledger.query(kind="policy.denied")).events
     assert [(d.meta["principal"], d.meta["action"], d.meta["resource"]) for d in denials] == [
-        ("agent:bob", "memory:read", "agent:ada"),
-        ("agent:bob", "memory:read", "agent:ada"),
-        ("agent:bob", "memory:write", "agent:ada"),
-        ("agent:bob", "memory:write", "agent:ada"),
+        ("agent:bob", "memory:read", "scope:agent:ada"),
+        ("agent:bob", "memory:read", "scope:agent:ada"),
+        ("agent:bob", "memory:erase", "scope:agent:ada"),
+        ("agent:bob", "memory:write", "scope:agent:ada"),
     ]
     # a grant opens ada's private scope to bob for reading only
     await ada.grant("private", to="bob")
@@ -228,6 +228,9 @@ async def test_group_and_public_scopes(hab: Habitat) -> None:
     with pytest.raises(ScopeDeniedError):
         await hab.memory("bob").remember("no", scope="group:crew")
     assert all(h.record.id != shared.id for h in await hab.memory("cy").recall("when does the crew meet"))
+    with pytest.raises(ScopeDeniedError, match="agent:cy may not memory:write scope:public"):
+        await hab.memory("cy").remember("the well water is safe", scope="public")  # public is read-only by default
+    await hab.control.grant("agent:cy", "memory:write", "scope:public")
     public = await hab.memory("cy").remember("the well water is safe", scope="public")
     assert (await hab.memory("bob").recall("is the well water safe"))[0].record.id == public.id
     # a crafted scope string is refused, not interpreted

@@ -68,8 +68,8 @@ async def _wait(predicate: object, timeout: float = 10.0) -> None:
 
 
 async def test_agents_remember_their_messages_and_recall_in_handlers(hab: Habitat) -> None:
-    await hab.agents.spawn("lib", behaviour="Librarian")
-    await hab.agents.spawn("scribe", behaviour="Scribe")
+    await hab.agents.spawn("lib", behaviour="Librarian", owner="human:ada")
+    await hab.agents.spawn("scribe", behaviour="Scribe", owner="human:ada")
     runtime = await hab.start(build_app(), options=FAST)
     try:
         told = await hab.messages.send("lib", "the lighthouse keeper is named Orla", sender="human:ada", type="ask")
@@ -96,7 +96,7 @@ async def test_agents_remember_their_messages_and_recall_in_handlers(hab: Habita
 
 
 async def test_a_failed_handler_remembers_nothing(hab: Habitat) -> None:
-    await hab.agents.spawn("lib", behaviour="Librarian")
+    await hab.agents.spawn("lib", behaviour="Librarian", owner="human:ada")
     runtime = await hab.start(build_app(), options=RuntimeOptions(retry_base=0.01, max_attempts=2, timer_poll=0.05))
     try:
         await hab.messages.send("lib", "boom", sender="human:ada", type="fail")
@@ -199,7 +199,7 @@ def test_memory_commands(tmp_path: Path) -> None:
     assert "forgot" in out
     assert "Buy flour" not in run("memories", "ada")
     denied = run_main("recall", "ada", "x", "--scope", "group:secret", env=env)
-    assert denied.exit_code == 8 and "may not read group:secret" in denied.output
+    assert denied.exit_code == 8 and "may not memory:read scope:group:secret" in denied.output
     missing = run_main("forget", "ada", record["id"], "--reason", "again", env=env)
     assert missing.exit_code == 3 and "no memory or fact" in missing.output
     env["HABITUS_EMBEDDER"] = "hash:32"

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from habitus.agents._models import AgentInfo, Message
+from habitus.control._rules import RESERVED_KINDS
 from habitus.errors import InvalidRequestError
 from habitus.ledger._codec import to_micros
 from habitus.ledger._ledger import Ledger
@@ -134,6 +135,10 @@ class AgentContext:
         return self._message
 
     @property
+    def _tainted(self) -> bool:
+        return self._message is not None and self._message.trust == "untrusted"
+
+    @property
     def ledger(self) -> Ledger:
         """The ledger, for reading (``why``, ``query``...); write through this context instead."""
         return self._ledger
@@ -170,7 +175,7 @@ class AgentContext:
             raise InvalidRequestError("this runtime has no memory service")
         from habitus.memory._memory import AgentMemory
 
-        return AgentMemory(self._memories, self.agent.id, self._transaction)
+        return AgentMemory(self._memories, self.agent.id, self._transaction, tainted=self._tainted)
 
     async def _remember_message(self, message: Message, *, received: bool) -> None:
         body = message.body if isinstance(message.body, str) else json.dumps(message.body, ensure_ascii=False)
@@ -190,7 +195,9 @@ class AgentContext:
 
     async def send(self, to: str, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
         """Send a message to an agent (committed with this handler's other effects)."""
-        sent = await self._messenger.stage_send(self._transaction, self.principal, to, body, type=type)
+        sent = await self._messenger.stage_send(
+            self._transaction, self.principal, to, body, type=type, tainted=self._tainted
+        )
         if self.remember_messages:
             await self._remember_sent(sent, to, body)
         return sent
@@ -208,11 +215,15 @@ class AgentContext:
 
     async def publish(self, topic: str, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
         """Publish to a topic."""
-        return await self._messenger.stage_publish(self._transaction, self.principal, topic, body, type=type)
+        return await self._messenger.stage_publish(
+            self._transaction, self.principal, topic, body, type=type, tainted=self._tainted
+        )
 
     async def reply(self, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
         """Reply to the message being handled (its sender gets it; a waiting ``request`` returns it)."""
-        return await self._messenger.stage_reply(self._transaction, self.principal, self.message, body, type=type)
+        return await self._messenger.stage_reply(
+            self._transaction, self.principal, self.message, body, type=type, tainted=self._tainted
+        )
 
     def emit(
         self,
@@ -223,7 +234,16 @@ class AgentContext:
         causes: Iterable[EventRef] = (),
         at: datetime | None = None,
     ) -> uuid.UUID:
-        """Record an event by this agent (an observation, a note, a decision...)."""
+        """Record an event by this agent (an observation, a note, a decision...).
+
+        Raises:
+            PolicyDeniedError: ``kind`` is one only Habitus appends (``message.*``,
+                ``capability.*``...); send, remember or ask the control layer instead.
+        """
+        if kind.startswith(RESERVED_KINDS):
+            raise self._messenger._control.refuse_soon(
+                self.principal, "ledger:append", f"kind:{kind}", "only Habitus appends this kind; use its API"
+            )
         return self._transaction.append(kind, actor=self.principal, content=content, meta=meta, causes=causes, at=at)
 
     def set_timer(

@@ -63,6 +63,8 @@ class Message(BaseModel):
         expects_reply: True for a request.
         in_reply_to: For a reply, the id of the request it answers.
         attempt: 1 on first delivery, more on retries.
+        trust: ``untrusted`` when it carries content from outside (a ``source:`` principal,
+            or an agent handling such content), else ``trusted``.
         event: The underlying ledger event.
     """
 
@@ -80,6 +82,7 @@ class Message(BaseModel):
     expects_reply: bool = False
     in_reply_to: uuid.UUID | None = None
     attempt: int = 1
+    trust: Literal["trusted", "untrusted"] = "trusted"
     event: Event
 
     @classmethod
@@ -107,6 +110,7 @@ class Message(BaseModel):
                 "expects_reply": bool(meta.get("expects_reply", False)),
                 "in_reply_to": uuid.UUID(reply) if isinstance(reply, str) else None,
                 "attempt": attempt,
+                "trust": "untrusted" if meta.get("trust") == "untrusted" else "trusted",
                 "event": event,
             },
             _MESSAGE_FIELDS,

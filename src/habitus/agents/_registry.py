@@ -110,6 +110,7 @@ class Agents:
         self._ledger = ledger
         self._store = store
         self._status: dict[str, str] = {}
+        self._owners: dict[str, str] = {}
         self._listeners: list[Callable[[str, str], None]] = []
 
     # -- registering ------------------------------------------------------------------------
@@ -251,6 +252,19 @@ class Agents:
             status = row.status
             self._remember(agent, status)
         return status
+
+    def owner(self, agent: str) -> str | None:
+        """The agent's owner, from the cache or the store (``None`` if unknown). Blocking read on a miss."""
+        owner = self._owners.get(agent)
+        if owner is None:
+            row = self._store.agent(agent)
+            if row is None:
+                return None
+            owner = row.owner
+            if len(self._owners) >= _CACHE_MAX:
+                self._owners.clear()
+            self._owners[agent] = owner
+        return owner
 
     def require_reachable(self, agent: str) -> None:
         """Raise unless the agent exists and is not retired."""

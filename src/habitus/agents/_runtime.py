@@ -344,9 +344,7 @@ class Runtime:
     async def _deliver(self, activation: _Activation, seq: int, attempts: int, message: Message) -> bool:
         """Handle the message at ``seq``, tried ``attempts`` times before; True if acknowledged (or dead-lettered)."""
         agent = activation.agent
-        refusal = None
-        if self._messenger.policy is not None:
-            refusal = await self._messenger.check_delivery(message.sender, principal_of(agent))
+        refusal = await self._messenger.check_delivery(message, principal_of(agent))
         if refusal is not None:
             await self._give_up(agent, seq, attempts, message, f"refused by policy: {refusal}")
             return True

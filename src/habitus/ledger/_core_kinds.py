@@ -3,7 +3,7 @@ observation, decision and policy. Later subsystems declare theirs beside their c
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -34,13 +34,15 @@ class MessageSentMeta(MetaModel):
     """Meta of ``message.sent``: the recipient, and how the message relates to others.
 
     ``type`` selects the recipient's handler; ``expects_reply`` marks a request;
-    ``in_reply_to`` is the id of the request a reply answers.
+    ``in_reply_to`` is the id of the request a reply answers; ``trust`` is
+    ``untrusted`` when it carries content from outside (see the control layer).
     """
 
     to: _Name
     type: _Name | None = None
     expects_reply: bool = False
     in_reply_to: _Id | None = None
+    trust: Literal["untrusted"] | None = None
 
 
 class NoteMeta(MetaModel):

@@ -19,14 +19,11 @@ from habitus.ledger._models import Event
 from habitus.ledger._rows import CommittedEvents, EventRef, as_uuid
 from habitus.ledger._transaction import Transaction
 from habitus.memory._models import MemoryRecord
+from habitus.memory._shared import _EMBED_BATCH, _MAX_TEXT, _aware, _check_scope, _json, _now, _record_from_draft
 from habitus.storage._memory import (
     MemoryPut,
     label,
 )
-
-if TYPE_CHECKING:
-    pass
-from habitus.memory._shared import _EMBED_BATCH, _MAX_TEXT, _aware, _check_scope, _json, _now, _record_from_draft
 
 if TYPE_CHECKING:
     from habitus.memory._service import MemoryService
@@ -44,15 +41,27 @@ class _MemoryView:
     scope the agent may read unless told otherwise.
     """
 
-    def __init__(self, service: MemoryService, agent: str, tx: Transaction | None = None) -> None:
+    def __init__(
+        self,
+        service: MemoryService,
+        agent: str,
+        tx: Transaction | None = None,
+        *,
+        principal: str | None = None,
+        on_behalf_of: str | None = None,
+        tainted: bool = False,
+    ) -> None:
         self._svc = service
         self.agent = agent
         self._tx = tx
+        self._principal = principal or f"agent:{agent}"
+        self._on_behalf_of = on_behalf_of
+        self._tainted = tainted  # handling untrusted content: what it remembers is untrusted too
 
     @property
     def principal(self) -> str:
-        """``agent:<id>``."""
-        return f"agent:{self.agent}"
+        """Who acts: ``agent:<id>`` for an agent's own memory, or the principal it was opened for."""
+        return self._principal
 
     @property
     def private(self) -> str:
@@ -62,27 +71,47 @@ class _MemoryView:
     # -- scopes -----------------------------------------------------------------------------
 
     async def scopes(self) -> dict[str, bool]:
-        """Every scope this agent may read, with whether it may also write there."""
-        await self._svc._agents.get(self.agent)
-        grants = await asyncio.to_thread(self._svc._store.grants, self.agent)
-        return {self.private: True, "public": True, **grants}
+        """Every scope the principal may read here, with whether it may also write there.
 
-    async def _scope_for(self, scope: str | None, *, write: bool) -> str:
+        Its own private scope and ``public`` when allowed, every scope named by a
+        capability it holds, and the stored scopes a pattern capability matches.
+        """
+        await self._svc._agents.get(self.agent)
+        control = self._svc._control
+        candidates = {self.private, "public"}
+        patterns = False
+        for cap in control.capabilities(self.principal):
+            if cap.action.startswith(("memory:", "*")) and cap.resource.startswith("scope:"):
+                if "*" in cap.resource:
+                    patterns = True
+                else:
+                    candidates.add(self.private if cap.resource == "scope:self" else cap.resource[6:])
+        if patterns:
+            candidates.update(await asyncio.to_thread(self._svc._store.memory_scope_names))
+        found: dict[str, bool] = {}
+        for scope in sorted(candidates):
+            if control.decide(self.principal, "memory:read", "scope:" + scope, on_behalf_of=self._on_behalf_of).allowed:
+                write = control.decide(
+                    self.principal, "memory:write", "scope:" + scope, on_behalf_of=self._on_behalf_of
+                )
+                found[scope] = write.allowed
+        return found
+
+    async def _scope_for(self, scope: str | None, *, write: bool = False, erase: bool = False) -> str:
+        """Resolve ``scope`` (default: the private one) and check the principal may use it so."""
         resolved = self.private if scope in (None, "private", "self") else _check_scope(str(scope))
-        allowed = await self.scopes()
-        if resolved not in allowed or (write and not allowed[resolved]):
-            await self._deny("memory:write" if write else "memory:read", resolved)
+        await self._check(("memory:erase" if erase else "memory:write") if write or erase else "memory:read", resolved)
         return resolved
 
-    async def _deny(self, action: str, resource: str) -> None:
-        reason = f"{resource} is not granted to {self.principal}" + (" for writing" if "write" in action else "")
-        if not self._svc._store.read_only:  # a read-only handle cannot record it; the error still says why
-            await self._svc._ledger.append(
-                "policy.denied",
-                actor="system",
-                meta={"principal": self.principal, "action": action, "resource": resource, "reason": reason},
-            )
-        raise ScopeDeniedError(f"{self.principal} may not {action.split(':')[1]} {resource}: {reason}")
+    async def _check(self, action: str, scope: str) -> None:
+        control = self._svc._control
+        decision = control.decide(self.principal, action, "scope:" + scope, on_behalf_of=self._on_behalf_of)
+        if not decision.allowed:
+            await self._deny(action, scope, decision.reason)
+
+    async def _deny(self, action: str, scope: str, reason: str | None = None) -> None:
+        why = reason or f"no capability lets {self.principal} {action} scope:{scope}"
+        await self._svc._control.deny(self.principal, action, "scope:" + scope, why, error=ScopeDeniedError)
 
     # -- remembering ------------------------------------------------------------------------
 
@@ -144,11 +173,12 @@ class _MemoryView:
         drafts = [self._draft(item if isinstance(item, Mapping) else {"text": item}, i) for i, item in enumerate(items)]
         if not drafts:
             return []
-        allowed = await self.scopes()
+        checked: set[str] = set()
         for d in drafts:
             scope = self.private if d["scope"] in (None, "private", "self") else _check_scope(str(d["scope"]))
-            if not allowed.get(scope, False):
-                await self._deny("memory:write", scope)
+            if scope not in checked:
+                await self._check("memory:write", scope)
+                checked.add(scope)
             d["scope"] = scope
         svc = self._svc
         embedder = svc.embedder

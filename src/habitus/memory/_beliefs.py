@@ -217,8 +217,13 @@ class _Believing(_MemoryView):
             history: Every version ever recorded, superseded ones included.
             scope: Where to look (default: every scope this agent may read).
         """
-        allowed = await self.scopes()
-        scopes = sorted(allowed) if scope is None else [await self._scope_for(scope, write=False)]
+        if scope is None:
+            allowed = await self.scopes()
+            if self.private not in allowed:
+                await self._check("memory:read", self.private)
+            scopes = sorted(allowed)
+        else:
+            scopes = [await self._scope_for(scope)]
         store = self._svc._store
         rows = await asyncio.to_thread(lambda: store.facts(scopes, subject=subject, predicate=predicate))
         as_of_at, valid_at_at = _aware(as_of, "as_of"), _aware(valid_at, "valid_at")

@@ -53,14 +53,6 @@ class ForgottenMeta(MetaModel):
     cause: Annotated[str, Field(pattern=r"^(explicit|ttl|capacity|decay)$")] = "explicit"
 
 
-class GrantMeta(MetaModel):
-    """Meta of ``memory.granted`` and ``memory.revoked``."""
-
-    scope: _Name
-    agent: _Name
-    write: bool = False
-
-
 class ReindexedMeta(MetaModel):
     """Meta of ``memory.reindexed``: the embedder the vectors now come from, and how many were redone."""
 
@@ -91,8 +83,6 @@ MEMORY_KINDS = (
         "required",
     ),
     KindSpec("memory.forgotten", "A memory or fact was forgotten; its text was erased.", ForgottenMeta, "none"),
-    KindSpec("memory.granted", "An agent was let into a memory scope.", GrantMeta, "none"),
-    KindSpec("memory.revoked", "An agent's access to a memory scope was taken back.", GrantMeta, "none"),
     KindSpec("memory.reindexed", "Memories were embedded again with another model.", ReindexedMeta, "none"),
     KindSpec(
         "fact.asserted",

@@ -67,9 +67,7 @@ class AgentMemory(_Recalling, _Believing):
             ScopeDeniedError: It lives in a scope this agent may not read.
         """
         row = await self._row(memory)
-        allowed = await self.scopes()
-        if row.scope not in allowed:
-            await self._deny("memory:read", row.scope)
+        await self._check("memory:read", row.scope)
         return _record_from_row(row)
 
     async def _row(self, memory: EventRef | MemoryRecord) -> MemoryRow:
@@ -95,7 +93,7 @@ class AgentMemory(_Recalling, _Believing):
 
         Raises:
             MemoryNotFoundError: No such memory or fact.
-            ScopeDeniedError: It lives in a scope this agent may not write.
+            ScopeDeniedError: It lives in a scope the principal may not erase in.
         """
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidRequestError("forget needs a reason (a non-empty string)")
@@ -103,7 +101,7 @@ class AgentMemory(_Recalling, _Believing):
         svc = self._svc
         row = await asyncio.to_thread(svc._store.memory_by_id, mid.bytes)
         if row is not None:
-            await self._scope_for(row.scope, write=True)
+            await self._scope_for(row.scope, erase=True)
             if self._tx is not None:
                 raise InvalidRequestError("forget erases at once and cannot run inside a handler's transaction")
             (done,) = await svc._forget_rows([row], reason=reason, cause="explicit", by=self.principal)
@@ -111,7 +109,7 @@ class AgentMemory(_Recalling, _Believing):
         facts = await asyncio.to_thread(svc._store.fact_by_id, mid.bytes)
         if not facts:
             raise MemoryNotFoundError(f"no memory or fact {str(mid)!r}: it was never stored, or it was forgotten")
-        await self._scope_for(facts[0].scope, write=True)
+        await self._scope_for(facts[0].scope, erase=True)
         target = await svc._ledger.get(mid)
         draft = Draft(
             kind="memory.forgotten",

@@ -28,7 +28,7 @@ from habitus.storage._memory import (
 if TYPE_CHECKING:
     pass
 from habitus.memory._base import _MemoryView
-from habitus.memory._shared import _MAX_K, _aware, _check_scope, _now, _passes, _record_from_row
+from habitus.memory._shared import _MAX_K, _aware, _now, _passes, _record_from_row
 
 if TYPE_CHECKING:
     from habitus.memory._service import Reranker
@@ -92,17 +92,14 @@ class _Recalling(_MemoryView):
         now = _aware(now, "now") or _now()
         kind_set = set(kinds) if kinds is not None else None
         tag_set = set(tags) if tags is not None else None
-        allowed = await self.scopes()
         if scope is None:
+            allowed = await self.scopes()
+            if self.private not in allowed:
+                await self._check("memory:read", self.private)
             scopes = sorted(allowed)
         else:
             wanted = [scope] if isinstance(scope, str) else list(scope)
-            scopes = []
-            for name in wanted:
-                resolved = self.private if name in ("private", "self") else _check_scope(name)
-                if resolved not in allowed:
-                    await self._deny("memory:read", resolved)
-                scopes.append(resolved)
+            scopes = [await self._scope_for(name) for name in wanted]
         svc = self._svc
         info = analyse(query, now)
         if info.time is not None and info.time.anchor is not None:

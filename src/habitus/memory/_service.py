@@ -25,8 +25,6 @@ from habitus.memory._retrieval import Tuning
 from habitus.memory._space import VectorSpace
 from habitus.storage._abstract import HabitatStore
 from habitus.storage._memory import (
-    GrantDelete,
-    GrantPut,
     MemoryDelete,
     MemoryPut,
     MemoryRow,
@@ -37,6 +35,8 @@ from habitus.storage._projections import Op
 
 if TYPE_CHECKING:
     from habitus._settings import Settings
+    from habitus.control._control import Control
+    from habitus.control._rules import Capability
     from habitus.memory._memory import AgentMemory
 from habitus.memory._shared import _EMBED_BATCH, _aware, _check_scope, _now
 
@@ -74,9 +74,11 @@ class MemoryService:
         store: HabitatStore,
         agents: Agents,
         settings: Settings,
+        control: Control,
         *,
         embedder: Embedder | None = None,
     ) -> None:
+        self._control = control
         self._ledger = ledger
         self._store = store
         self._agents = agents
@@ -191,28 +193,33 @@ class MemoryService:
 
     # -- views ------------------------------------------------------------------------------
 
-    def of(self, agent: str) -> AgentMemory:
-        """One agent's memory (``hab.memory(agent)``)."""
+    def of(self, agent: str, *, principal: str | None = None, on_behalf_of: str | None = None) -> AgentMemory:
+        """One agent's memory (``hab.memory(agent)``), used as the agent or as ``principal``."""
         from habitus.memory._memory import AgentMemory
 
-        return AgentMemory(self, agent_id(agent))
+        return AgentMemory(self, agent_id(agent), principal=principal, on_behalf_of=on_behalf_of)
 
-    async def grant(self, scope: str, agent: str, *, write: bool = False, by: str = "system") -> None:
-        """Let ``agent`` read (``write``: and write) ``scope`` — an administrative grant, recorded as an event."""
+    async def grant(self, scope: str, agent: str, *, write: bool = False, by: str = "system") -> list[Capability]:
+        """Let ``agent`` read (``write``: and write) ``scope``: ``memory:read`` (and ``memory:write``)
+        capabilities on ``scope:<scope>``, granted by ``by`` (who must hold them)."""
         aid = agent_id(agent)
         await self._agents.get(aid)
-        scope = _check_scope(scope)
-        async with self._ledger.transaction() as tx:
-            event = tx.append("memory.granted", actor=by, meta={"scope": scope, "agent": aid, "write": write})
-            tx.project(GrantPut(scope, aid, write, event.bytes))
+        resource = "scope:" + _check_scope(scope)
+        actions = ("memory:read", "memory:write") if write else ("memory:read",)
+        return [await self._control.grant(f"agent:{aid}", action, resource, by=by) for action in actions]
 
-    async def revoke(self, scope: str, agent: str, *, by: str = "system") -> None:
-        """Take back ``agent``'s grant on ``scope``."""
-        aid = agent_id(agent)
-        scope = _check_scope(scope)
-        async with self._ledger.transaction() as tx:
-            tx.append("memory.revoked", actor=by, meta={"scope": scope, "agent": aid})
-            tx.project(GrantDelete(scope, aid))
+    async def revoke(self, scope: str, agent: str, *, by: str = "system") -> int:
+        """Take back what :meth:`grant` gave ``agent`` on ``scope``; return how many capabilities were revoked."""
+        subject = f"agent:{agent_id(agent)}"
+        resource = "scope:" + _check_scope(scope)
+        caps = [
+            c
+            for c in self._control.capabilities(subject)
+            if c.subject == subject and c.resource == resource and c.action in ("memory:read", "memory:write")
+        ]
+        for cap in caps:
+            await self._control.revoke(cap.id, by=by)
+        return len(caps)
 
     async def reindex(self, *, batch: int = _EMBED_BATCH) -> int:
         """Embed again every memory whose vector is not from the current embedder; return how many.

@@ -1,6 +1,6 @@
 """Messaging: send, publish (topics with wildcards), request and reply between principals."""
 
-from habitus.messaging._messenger import Messenger, PolicyHook, PolicyRequest
+from habitus.messaging._messenger import Messenger
 from habitus.messaging._topics import matches
 
-__all__ = ["Messenger", "PolicyHook", "PolicyRequest", "matches"]
+__all__ = ["Messenger", "matches"]

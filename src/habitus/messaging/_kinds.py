@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -19,6 +19,7 @@ class PublishedMeta(MetaModel):
     topic: _Name
     type: _Name | None = None
     recipients: int
+    trust: Literal["untrusted"] | None = None
 
 
 class DeliveryFailedMeta(MetaModel):

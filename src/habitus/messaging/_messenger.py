@@ -6,9 +6,8 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from habitus.agents._models import Message
 from habitus.agents._registry import Agents, agent_id
@@ -27,25 +26,10 @@ from habitus.messaging._topics import check_topic, matches
 from habitus.storage._abstract import HabitatStore, Row
 from habitus.storage._projections import MailboxAck, MailboxDead, MailboxPut, Op
 
-__all__ = ["Messenger", "PolicyHook", "PolicyRequest"]
+if TYPE_CHECKING:
+    from habitus.control._control import Control
 
-
-@dataclass(frozen=True, slots=True)
-class PolicyRequest:
-    """What the policy hook is asked: may ``principal`` do ``action`` on ``resource``?
-
-    Actions here are ``message:send`` (resource: the recipient principal or
-    ``topic:<topic>``) and ``message:deliver`` (resource: the recipient, with
-    the sender as principal).
-    """
-
-    principal: str
-    action: str
-    resource: str
-
-
-PolicyHook = Callable[[PolicyRequest], str | None]
-"""Returns ``None`` to allow, or the reason for refusing."""
+__all__ = ["Messenger"]
 
 
 class Messenger:
@@ -57,7 +41,10 @@ class Messenger:
     instead, so the message commits with the handler's other effects.
     """
 
-    def __init__(self, ledger: Ledger, store: HabitatStore, agents: Agents, *, mailbox_capacity: int) -> None:
+    def __init__(
+        self, ledger: Ledger, store: HabitatStore, agents: Agents, control: Control, *, mailbox_capacity: int
+    ) -> None:
+        self._control = control
         self._ledger = ledger
         self._store = store
         self._agents = agents
@@ -68,7 +55,6 @@ class Messenger:
         self._depth_seq = 0
         self._waiting: dict[bytes, asyncio.Future[Message]] = {}
         self._subscriptions: dict[str, list[str]] | None = None  # pattern -> agents
-        self.policy: PolicyHook | None = None
         agents.listen(self._lifecycle)
         ledger.on_commit(self._committed)
 
@@ -82,6 +68,7 @@ class Messenger:
         sender: str,
         type: str | None = None,  # noqa: A002 - the message's type
         thread: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> Event:
         """Send a message to an agent; durable and queued in its mailbox when this returns.
 
@@ -90,9 +77,10 @@ class Messenger:
             AgentRetiredError: The agent is retired.
             MailboxFullError: Its mailbox is at capacity (retry later).
             PolicyDeniedError: Policy refused it (recorded as ``policy.denied``).
+            BudgetExceededError: It would exceed the sender's message budget.
         """
         async with self._ledger.transaction() as tx:
-            await self.stage_send(tx, sender, to, body, type=type, thread=thread)
+            await self.stage_send(tx, sender, to, body, type=type, thread=thread, on_behalf_of=on_behalf_of)
         return tx.events[0]  # the transaction holds just this message
 
     async def publish(
@@ -103,10 +91,14 @@ class Messenger:
         sender: str,
         type: str | None = None,  # noqa: A002
         thread: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> Event:
-        """Publish to a topic: every agent subscribed to a matching pattern gets it queued."""
+        """Publish to a topic: every agent subscribed to a matching pattern gets it queued.
+
+        Needs ``message:publish`` on ``topic:<topic>`` (no principal but the habitat holds it by default).
+        """
         async with self._ledger.transaction() as tx:
-            await self.stage_publish(tx, sender, topic, body, type=type, thread=thread)
+            await self.stage_publish(tx, sender, topic, body, type=type, thread=thread, on_behalf_of=on_behalf_of)
         return tx.events[0]  # the transaction holds just this message
 
     async def request(
@@ -118,6 +110,7 @@ class Messenger:
         timeout: float = 30.0,
         type: str | None = None,  # noqa: A002
         thread: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> Message:
         """Send a request and wait for the agent's reply (needs a running app to handle it).
 
@@ -128,7 +121,9 @@ class Messenger:
             raise InvalidRequestError(f"timeout must be positive, not {timeout!r}")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         async with self._ledger.transaction() as tx:
-            message_id = await self.stage_send(tx, sender, to, body, type=type, thread=thread, expects_reply=True)
+            message_id = await self.stage_send(
+                tx, sender, to, body, type=type, thread=thread, expects_reply=True, on_behalf_of=on_behalf_of
+            )
             self._waiting[message_id.bytes] = future
         try:
             return await asyncio.wait_for(future, timeout)
@@ -168,9 +163,17 @@ class Messenger:
         thread: str | None = None,
         expects_reply: bool = False,
         in_reply_to: uuid.UUID | None = None,
+        answering: bool = False,
+        on_behalf_of: str | None = None,
+        tainted: bool = False,
     ) -> uuid.UUID:
-        """Stage a message to an agent (or, for a reply, to any principal) in ``tx``."""
+        """Stage a message to an agent (or, for a reply, to any principal) in ``tx``.
+
+        ``answering`` marks a reply by the request's own recipient, which needs no
+        capability; ``tainted`` marks a message sent while handling untrusted content.
+        """
         to_agent = None
+        control = self._control
         if to.startswith(("human:", "service:", "source:")) or to == "system":
             if in_reply_to is None:
                 raise InvalidRequestError(f"messages go to agents; {to!r} can only receive replies")
@@ -179,14 +182,18 @@ class Messenger:
             to_agent = agent_id(to)
             recipient = f"agent:{to_agent}"
             self._agents.require_reachable(to_agent)
-            if self.policy is not None:
-                await self._check_policy(sender, "message:send", recipient)
+            if not answering and sender != "system":
+                decision = control.decide(sender, "message:send", recipient, on_behalf_of=on_behalf_of)
+                if not decision.allowed:
+                    await control.deny(sender, "message:send", recipient, decision.reason)
             depth = self.depth(to_agent)
             # (counting this transaction's own mail for the agent only matters near the capacity)
             if depth + len(tx.ops) >= self._capacity and depth + _staged_for(tx, to_agent) >= self._capacity:
                 raise MailboxFullError(
                     f"the mailbox of agent {to_agent!r} is full ({self._capacity} messages waiting); retry later"
                 )
+        if sender != "system":
+            await control.charge(tx, sender, "messages")
         meta: dict[str, Any] = {"to": recipient}
         if type is not None:
             meta["type"] = type
@@ -194,6 +201,8 @@ class Messenger:
             meta["expects_reply"] = True
         if in_reply_to is not None:
             meta["in_reply_to"] = str(in_reply_to)
+        if tainted or control.trust_of(sender) == "untrusted":
+            meta["trust"] = "untrusted"
         causes = [in_reply_to] if in_reply_to is not None else []
         message_id = tx.append("message.sent", actor=sender, content=body, meta=meta, thread=thread, causes=causes)
         if to_agent is not None:
@@ -208,10 +217,19 @@ class Messenger:
         body: Any,
         *,
         type: str | None = None,  # noqa: A002
+        tainted: bool = False,
     ) -> uuid.UUID:
         """Stage the reply to ``message`` (to its sender, caused by it, in its thread)."""
         return await self.stage_send(
-            tx, sender, message.sender, body, type=type, thread=message.thread, in_reply_to=message.id
+            tx,
+            sender,
+            message.sender,
+            body,
+            type=type,
+            thread=message.thread,
+            in_reply_to=message.id,
+            answering=message.to == sender,
+            tainted=tainted,
         )
 
     async def stage_publish(
@@ -223,11 +241,15 @@ class Messenger:
         *,
         type: str | None = None,  # noqa: A002
         thread: str | None = None,
+        on_behalf_of: str | None = None,
+        tainted: bool = False,
     ) -> uuid.UUID:
         """Stage a published message and queue it for every matching subscriber."""
         check_topic(topic)
-        if self.policy is not None:
-            await self._check_policy(sender, "message:send", f"topic:{topic}")
+        control = self._control
+        if sender != "system":
+            await control.require(sender, "message:publish", f"topic:{topic}", on_behalf_of=on_behalf_of)
+            await control.charge(tx, sender, "messages")
         recipients = []
         staged = _staged(tx)  # counted once: a publish may reach thousands of subscribers
         for agent in await self._subscribers(topic):
@@ -241,31 +263,34 @@ class Messenger:
         meta: dict[str, Any] = {"topic": topic, "recipients": len(recipients)}
         if type is not None:
             meta["type"] = type
+        if tainted or control.trust_of(sender) == "untrusted":
+            meta["trust"] = "untrusted"
         message_id = tx.append("message.published", actor=sender, content=body, meta=meta, thread=thread)
         for agent in recipients:
             tx.project(MailboxPut(agent, message_id.bytes, sender))
         return message_id
 
-    async def _check_policy(self, principal: str, action: str, resource: str) -> None:
-        if self.policy is None:
-            return
-        reason = self.policy(PolicyRequest(principal, action, resource))
-        if reason is None:
-            return
-        await self._ledger.append(
-            "policy.denied",
-            actor="system",
-            meta={"principal": principal, "action": action, "resource": resource, "reason": reason},
-        )
-        raise PolicyDeniedError(f"{principal} may not {action} {resource}: {reason}")
+    async def check_delivery(self, message: Message, recipient: str) -> str | None:
+        """Check again, at delivery, that the sender may still reach ``recipient``; the refusal, or None.
 
-    async def check_delivery(self, sender: str, recipient: str) -> str | None:
-        """The policy's reason to refuse delivering ``sender``'s message to ``recipient`` (recorded), or None."""
+        A capability revoked, or a sender suspended, after the message was queued
+        stops it here (recorded as ``policy.denied``). Replies and timers pass.
+        """
+        sender = message.sender
+        if sender == "system" or message.in_reply_to is not None:
+            return None
+        if message.topic is not None:
+            action, resource = "message:publish", f"topic:{message.topic}"
+        else:
+            action, resource = "message:send", recipient
+        decision = self._control.decide(sender, action, resource)
+        if decision.allowed:
+            return None
         try:
-            await self._check_policy(sender, "message:deliver", recipient)
+            await self._control.deny(sender, action, resource, decision.reason)
         except PolicyDeniedError as exc:
             return str(exc)
-        return None
+        return None  # pragma: no cover - deny always raises
 
     async def _subscribers(self, topic: str) -> list[str]:
         if self._subscriptions is None:

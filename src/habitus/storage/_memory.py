@@ -19,8 +19,6 @@ __all__ = [
     "FactPut",
     "FactRow",
     "FactSupersede",
-    "GrantDelete",
-    "GrantPut",
     "MemoryDelete",
     "MemoryOp",
     "MemoryPut",
@@ -115,27 +113,7 @@ class FactDelete:
     fid: int
 
 
-@dataclass(frozen=True, slots=True)
-class GrantPut:
-    """Let ``agent`` read (or read and write) ``scope``."""
-
-    scope: str
-    agent: str
-    write: bool
-    event: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class GrantDelete:
-    """Take back a grant."""
-
-    scope: str
-    agent: str
-
-
-MemoryOp = (
-    MemoryPut | MemoryDelete | MemoryTouch | VectorPut | FactPut | FactSupersede | FactDelete | GrantPut | GrantDelete
-)
+MemoryOp = MemoryPut | MemoryDelete | MemoryTouch | VectorPut | FactPut | FactSupersede | FactDelete
 """Every memory projection change a transaction can carry."""
 
 MEMORY_OPS = (
@@ -146,8 +124,6 @@ MEMORY_OPS = (
     FactPut,
     FactSupersede,
     FactDelete,
-    GrantPut,
-    GrantDelete,
 )
 
 
@@ -277,6 +253,6 @@ class MemoryStore(Protocol):
         """A fact by its event id, with the truncated copies made of it."""
         ...
 
-    def grants(self, agent: str) -> dict[str, bool]:
-        """The scopes granted to ``agent``: scope to write access."""
+    def memory_scope_names(self) -> list[str]:
+        """Every scope that holds memories."""
         ...

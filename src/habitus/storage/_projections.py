@@ -36,6 +36,7 @@ __all__ = [
     "TimerDelete",
     "TimerPut",
     "TimerRow",
+    "UsageAdd",
 ]
 
 
@@ -60,6 +61,16 @@ class AgentStatus:
     agent: str
     status: str
     event: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UsageAdd:
+    """Count ``amount`` of a budget's ``meter`` against ``subject`` in period ``window``."""
+
+    subject: str
+    meter: str
+    window: int
+    amount: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +158,7 @@ Op = (
     | MailboxDead
     | TimerPut
     | TimerDelete
+    | UsageAdd
     | MemoryOp
 )
 """Every projection change a transaction can carry."""

@@ -455,6 +455,13 @@ class SQLiteStore(SQLiteMemoryReads):
         """``(agent, topics JSON)`` of agents subscribed to topics."""
         return [(a, t) for a, t in self._all_rows("SELECT agent, topics FROM agents WHERE topics != '[]'")]
 
+    def budget_used(self, subject: str, meter: str, window: int) -> int:
+        """How much of ``meter`` ``subject`` used in budget period ``window``."""
+        rows = self._all_rows(
+            "SELECT used FROM budget_usage WHERE subject = ? AND meter = ? AND window = ?", (subject, meter, window)
+        )
+        return int(rows[0][0]) if rows else 0
+
     def state(self, agent: str) -> dict[str, str]:
         """An agent's durable state."""
         return self._read(lambda c: read_state(c, agent))

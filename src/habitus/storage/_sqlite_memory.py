@@ -19,8 +19,6 @@ from habitus.storage._memory import (
     FactPut,
     FactRow,
     FactSupersede,
-    GrantDelete,
-    GrantPut,
     MemoryDelete,
     MemoryOp,
     MemoryPut,
@@ -87,10 +85,6 @@ CREATE TABLE IF NOT EXISTS facts (
 );
 CREATE INDEX IF NOT EXISTS facts_subject ON facts (scope, subject, predicate);
 CREATE INDEX IF NOT EXISTS facts_id ON facts (id);
-CREATE TABLE IF NOT EXISTS memory_grants (
-    scope TEXT NOT NULL, agent TEXT NOT NULL, write INTEGER NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (agent, scope)
-) WITHOUT ROWID;
 """
 
 _MEMORY_COLUMNS = (
@@ -150,16 +144,9 @@ def apply_memory_op(conn: sqlite3.Connection, op: MemoryOp, seq_of: dict[bytes, 
             "UPDATE facts SET superseded = ?, superseded_by = ? WHERE fid = ? AND superseded IS NULL",
             (op.at, op.by, op.fid),
         )
-    elif isinstance(op, FactDelete):
-        conn.execute("DELETE FROM facts WHERE fid = ? OR copy_of = ?", (op.fid, op.fid))
-    elif isinstance(op, GrantPut):
-        conn.execute(
-            "INSERT OR REPLACE INTO memory_grants (scope, agent, write, seq) VALUES (?, ?, ?, ?)",
-            (op.scope, op.agent, int(op.write), seq_of[op.event]),
-        )
     else:
-        assert isinstance(op, GrantDelete)
-        conn.execute("DELETE FROM memory_grants WHERE scope = ? AND agent = ?", (op.scope, op.agent))
+        assert isinstance(op, FactDelete)
+        conn.execute("DELETE FROM facts WHERE fid = ? OR copy_of = ?", (op.fid, op.fid))
 
 
 def put_memories(

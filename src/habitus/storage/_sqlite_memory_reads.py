@@ -200,8 +200,6 @@ class SQLiteMemoryReads:
             lambda c: read_facts(c, "id = ? OR copy_of IN (SELECT fid FROM facts WHERE id = ?)", (id_, id_))
         )
 
-    def grants(self, agent: str) -> dict[str, bool]:
-        """The scopes granted to ``agent``: scope to write access."""
-        return {
-            s: bool(w) for s, w in self._all_rows("SELECT scope, write FROM memory_grants WHERE agent = ?", (agent,))
-        }
+    def memory_scope_names(self) -> list[str]:
+        """Every scope that holds memories."""
+        return [s for (s,) in self._all_rows("SELECT scope FROM memory_scopes WHERE count > 0")]

@@ -22,6 +22,7 @@ from habitus.storage._projections import (
     TimerDelete,
     TimerPut,
     TimerRow,
+    UsageAdd,
 )
 from habitus.storage._sqlite_memory import apply_memory_op, put_memories
 
@@ -47,6 +48,10 @@ CREATE TABLE IF NOT EXISTS timers (
     timer TEXT PRIMARY KEY, agent TEXT NOT NULL, due INTEGER NOT NULL, set_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
+CREATE TABLE IF NOT EXISTS budget_usage (
+    subject TEXT NOT NULL, meter TEXT NOT NULL, window INTEGER NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (subject, meter, window)
+) WITHOUT ROWID;
 """
 
 _AGENT_COLUMNS = "agent, name, owner, labels, behaviour, topics, status, spawned_seq, updated_seq"
@@ -111,6 +116,12 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
             conn.execute(
                 "UPDATE mailbox SET attempts = ?, dead = 1, error = ? WHERE agent = ? AND msg = ?",
                 (op.attempts, op.error, op.agent, op.msg),
+            )
+        elif isinstance(op, UsageAdd):
+            conn.execute(
+                "INSERT INTO budget_usage (subject, meter, window, used) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (subject, meter, window) DO UPDATE SET used = used + excluded.used",
+                (op.subject, op.meter, op.window, op.amount),
             )
         elif isinstance(op, TimerPut):
             conn.execute(

@@ -1,0 +1,523 @@
+"""The one place that says who may do what: capabilities, defaults, delegation, denials.
+
+Every subsystem asks :meth:`Control.require` (or :meth:`Control.authorize`,
+which also waits for approvals) before it acts for a principal: sending,
+delivering, reading state, remembering, recalling, erasing, calling tools and
+models. A refusal is a ``policy.denied`` event and a
+:class:`~habitus.errors.PolicyDeniedError` naming the principal, the action
+and the resource. The policy itself lives in the ledger as events
+(``capability.granted``, ``approval.required``, ``budget.set``,
+``trust.labelled``), replayed when the habitat opens and kept current by the
+commit listener, so its whole history is auditable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from habitus.control import _kinds  # noqa: F401  (registers the control kinds)
+from habitus.control._approvals import _Approvals
+from habitus.control._budgets import _Budgets
+from habitus.control._config import ControlConfig, period_seconds
+from habitus.control._rules import (
+    RESERVED_KINDS,
+    Capability,
+    Decision,
+    check_action,
+    check_principal,
+    covers,
+    expand_self,
+    matches,
+    normalise_resource,
+)
+from habitus.errors import InvalidRequestError, PolicyDeniedError, ReadOnlyHabitatError
+from habitus.ledger._codec import from_micros, to_micros
+from habitus.ledger._rows import as_uuid
+from habitus.storage._abstract import EventQuery, Row
+
+if TYPE_CHECKING:
+    from habitus.agents._registry import Agents
+    from habitus.ledger._ledger import Ledger
+    from habitus.storage._projections import Op
+    from habitus.storage._sqlite import SQLiteStore
+
+__all__ = ["Control", "PolicyHook", "PolicyRequest", "TrustLabel"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """What a policy hook is asked: may ``principal`` do ``action`` on ``resource``?"""
+
+    principal: str
+    action: str
+    resource: str
+
+
+PolicyHook = Callable[[PolicyRequest], str | None]
+"""An extra rule of the app's own: returns ``None`` to allow, or the reason for refusing."""
+
+TrustLabel = str
+"""``trusted`` or ``untrusted``."""
+
+_POLICY_KINDS = ("capability.granted", "capability.revoked", "approval.required", "approval.waived",
+                 "budget.set", "trust.labelled", "approval.requested", "approval.decided")  # fmt: skip
+
+
+class Control(_Approvals, _Budgets):
+    """Principals, capabilities, budgets, approvals and trust labels: the habitat's policy.
+
+    Obtain it as :attr:`habitus.Habitat.control`. Defaults are safe and
+    unsurprising: an agent reads and writes its own memory and state, messages
+    agents of the same owner, reads ``public`` memory and appends its own
+    (non-reserved) events; a human or service does the same for the agents it
+    owns. Everything else needs a capability, granted by a principal who holds
+    it (attenuation: nobody grants more than they have).
+    """
+
+    def __init__(self, ledger: Ledger, store: SQLiteStore, agents: Agents) -> None:
+        self._ledger = ledger
+        self._store = store
+        self._agents = agents
+        self._hooks: list[PolicyHook] = []
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._caps: dict[str, Capability] = {}
+        self._rules: dict[tuple[str, str], str] = {}  # (action, resource) -> id of its approval.required
+        self._trust: dict[str, str] = {}
+        self._loaded = False
+        self._seen_seq = 0
+        self._init_approvals()
+        self._init_budgets()
+        ledger.on_commit(self._committed)
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def decide(self, principal: str, action: str, resource: str, *, on_behalf_of: str | None = None) -> Decision:
+        """What the policy says about ``principal`` doing ``action`` on ``resource`` (no event, no wait)."""
+        self._load()
+        if principal == "system":
+            return Decision(True, "the habitat itself")
+        if principal.startswith("agent:"):
+            status = self._agents.status(principal[6:])
+            if status is None:
+                return Decision(False, f"there is no agent {principal[6:]!r}")
+            if status in ("suspended", "retired"):
+                return Decision(False, f"{principal} is {status}")
+        reason, approval = self._holds(principal, action, resource)
+        if reason is None:
+            return Decision(False, f"no capability lets {principal} {action} {resource}")
+        if on_behalf_of is not None and on_behalf_of != principal:
+            if self._holds(principal, "principal:act", on_behalf_of)[0] is None:
+                return Decision(False, f"{on_behalf_of} has not delegated to {principal}")
+            theirs = self.decide(on_behalf_of, action, resource)
+            if not theirs.allowed:
+                return Decision(False, f"acting for {on_behalf_of}, who may not: {theirs.reason}")
+            approval = approval or theirs.approval
+        for hook in self._hooks:
+            refusal = hook(PolicyRequest(principal, action, resource))
+            if refusal is not None:
+                return Decision(False, refusal)
+        return Decision(True, reason, approval or self._ruled(action, resource))
+
+    def _ruled(self, action: str, resource: str) -> bool:
+        """True if an approval rule makes ``action`` on ``resource`` wait for a human."""
+        return any(matches(a, action) and matches(r, resource) for a, r in self._rules)
+
+    def _holds(self, principal: str, action: str, resource: str) -> tuple[str | None, bool]:
+        """Why ``principal`` holds (action, resource) by default or by grant (None if not), and if it needs approval."""
+        reason = self._default(principal, action, resource)
+        if reason is not None:
+            return reason, False
+        now = datetime.now(UTC) if any(c.until for c in self._caps.values()) else None
+        best: Capability | None = None
+        for cap in self._caps.values():
+            if cap.applies(principal, action, resource, now) and (best is None or best.approval > cap.approval):
+                best = cap
+        if best is None:
+            return None, False
+        return f"capability {best.id} granted by {best.granted_by}", best.approval
+
+    def _default(self, principal: str, action: str, resource: str) -> str | None:
+        family, _, pid = principal.partition(":")
+        if action == "principal:act" and resource == principal:
+            return "itself"
+        if action == "ledger:append" and resource.startswith("kind:"):
+            kind = resource[5:]
+            return None if kind.startswith(RESERVED_KINDS) or "*" in kind else "its own events"
+        if action == "memory:read" and resource == "scope:public":
+            return "public memory"
+        if family == "agent":
+            if resource == "scope:" + principal and action in ("memory:read", "memory:write", "memory:erase"):
+                return "its own memory"
+            if resource == principal and action in ("state:read", "state:write"):
+                return "its own state"
+            if action == "message:send" and resource.startswith("agent:"):
+                owner = self._agents.owner(pid)
+                if owner is not None and owner == self._agents.owner(resource[6:]):
+                    return f"agents of the same owner ({owner})"
+            return None
+        if family in ("human", "service"):
+            target = None
+            if resource.startswith("agent:") and action in (
+                "message:send",
+                "state:read",
+                "state:write",
+                "agent:manage",
+            ):
+                target = resource[6:]
+            elif resource.startswith("scope:agent:") and action in ("memory:read", "memory:write", "memory:erase"):
+                target = resource[12:]
+            elif action == "approval:decide" and resource.startswith("agent:"):
+                target = resource[6:]
+            if target is not None and "*" not in target and self._agents.owner(target) == principal:
+                return f"{principal} owns agent {target!r}"
+        return None
+
+    async def require(
+        self,
+        principal: str,
+        action: str,
+        resource: str,
+        *,
+        on_behalf_of: str | None = None,
+        error: type[PolicyDeniedError] = PolicyDeniedError,
+    ) -> Decision:
+        """Allow, or record a ``policy.denied`` event and raise; approvals are :meth:`authorize`'s job.
+
+        Raises:
+            PolicyDeniedError: (or ``error``) naming the principal, the action, the resource and why.
+        """
+        decision = self.decide(principal, action, resource, on_behalf_of=on_behalf_of)
+        if not decision.allowed:
+            await self.deny(principal, action, resource, decision.reason, error=error)
+        return decision
+
+    async def authorize(
+        self,
+        principal: str,
+        action: str,
+        resource: str,
+        *,
+        on_behalf_of: str | None = None,
+        detail: Any = None,
+        timeout: float | None = None,
+    ) -> Decision:
+        """Like :meth:`require`, and when the action needs a human, ask and wait for the decision.
+
+        The request is keyed by principal, action, resource and the message being
+        handled, so a handler run again after a restart finds its request (and
+        its decision) instead of asking twice.
+
+        Raises:
+            PolicyDeniedError: Refused by policy.
+            ApprovalRejectedError: A human rejected it.
+            ApprovalPendingError: ``timeout`` passed with no decision (the request stays queued).
+        """
+        resource = normalise_resource(action, resource)
+        decision = await self.require(principal, action, resource, on_behalf_of=on_behalf_of)
+        if decision.approval:
+            await self.await_approval(
+                principal, action, resource, on_behalf_of=on_behalf_of, detail=detail, timeout=timeout
+            )
+        return decision
+
+    async def deny(
+        self,
+        principal: str,
+        action: str,
+        resource: str,
+        reason: str,
+        *,
+        error: type[PolicyDeniedError] = PolicyDeniedError,
+    ) -> None:
+        """Record a ``policy.denied`` event (unless read-only) and raise ``error``."""
+        if not self._store.read_only:
+            await self._ledger.append(
+                "policy.denied",
+                actor="system",
+                meta={"principal": principal, "action": action, "resource": resource[:256], "reason": reason[:1000]},
+            )
+        raise error(
+            f"{principal} may not {action} {resource}: {reason}", principal=principal, action=action, resource=resource
+        )
+
+    def refuse_soon(self, principal: str, action: str, resource: str, reason: str) -> PolicyDeniedError:
+        """For synchronous callers: the error to raise now, with its ``policy.denied`` appended just after."""
+        if not self._store.read_only:
+            meta = {"principal": principal, "action": action, "resource": resource[:256], "reason": reason[:1000]}
+            task = asyncio.get_running_loop().create_task(
+                self._ledger.append("policy.denied", actor="system", meta=meta)
+            )
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return PolicyDeniedError(
+            f"{principal} may not {action} {resource}: {reason}", principal=principal, action=action, resource=resource
+        )
+
+    def add_hook(self, hook: PolicyHook) -> None:
+        """Add a rule of the app's own, asked after the capabilities allow (it can only refuse)."""
+        self._hooks.append(hook)
+
+    # -- granting ---------------------------------------------------------------------------
+
+    async def grant(
+        self,
+        subject: str,
+        action: str,
+        resource: str,
+        *,
+        by: str = "system",
+        approval: bool = False,
+        until: datetime | None = None,
+    ) -> Capability:
+        """Grant ``subject`` the right to ``action`` on resources matching ``resource``.
+
+        ``by`` must hold what it grants (attenuation) and may not grant to itself.
+        ``tool:call shell`` means ``tool:shell``; ``memory:read team-a`` means
+        ``scope:group:team-a``; ``scope:self`` is the subject's own memory.
+
+        Raises:
+            InvalidRequestError: A malformed subject, action or resource.
+            PolicyDeniedError: ``by`` does not hold it, or grants to itself.
+        """
+        check_principal(subject, what="subject", pattern=True)
+        check_principal(by, what="by")
+        check_action(action)
+        resource = normalise_resource(action, resource)
+        if until is not None and (until.tzinfo is None or until <= datetime.now(UTC)):
+            raise InvalidRequestError(f"until must be a future, timezone-aware time, not {until!r}")
+        self._writable()
+        if by != "system":
+            if matches(subject, by):
+                await self.deny(by, "capability:grant", subject, "nobody widens their own capabilities")
+            held = self._covering(by, action, resource)
+            if held is None:
+                await self.deny(by, "capability:grant", subject, f"{by} does not hold {action} {resource} itself")
+            if self._ruled("capability:grant", subject):  # holding it is the right; a rule may want a human too
+                detail = {"action": action, "resource": resource}
+                await self.await_approval(by, "capability:grant", subject, detail=detail)
+        meta: dict[str, Any] = {"subject": subject, "action": action, "resource": resource}
+        if approval:
+            meta["approval"] = True
+        if until is not None:
+            meta["until"] = to_micros(until)
+        event = await self._ledger.append("capability.granted", actor=by, meta=meta)
+        self._load()
+        return self._caps[str(event.id)]
+
+    def _covering(self, by: str, action: str, resource: str) -> str | None:
+        """Why ``by`` holds every (action, resource) the pattern pair names, or None."""
+        if "*" not in action and "*" not in resource:
+            return self._holds(by, action, resource)[0] if self.decide(by, action, resource).allowed else None
+        for cap in self._caps.values():
+            if (
+                matches(cap.subject, by)
+                and covers(cap.action, action)
+                and covers(expand_self(cap.resource, by), resource)
+            ):
+                return cap.id
+        return None
+
+    async def revoke(self, capability: str | uuid.UUID, *, by: str = "system") -> Capability:
+        """Take back a capability; only the habitat or whoever granted it may.
+
+        Raises:
+            InvalidRequestError: No such capability (or it was already revoked).
+            PolicyDeniedError: ``by`` did not grant it.
+        """
+        self._load()
+        cap = self._caps.get(str(as_uuid(capability)))
+        if cap is None:
+            raise InvalidRequestError(f"no capability {str(capability)!r}; list them with capabilities()")
+        self._writable()
+        if by not in ("system", cap.granted_by):
+            await self.deny(by, "capability:revoke", cap.subject, f"it was granted by {cap.granted_by}, not {by}")
+        meta = {"capability": cap.id, "subject": cap.subject, "action": cap.action, "resource": cap.resource}
+        await self._ledger.append("capability.revoked", actor=by, meta=meta, causes=[uuid.UUID(cap.id)])
+        return cap
+
+    async def delegate(self, to: str, on_behalf_of: str, *, by: str | None = None) -> Capability:
+        """Let ``to`` act on behalf of ``on_behalf_of`` (who grants it, unless ``by`` is the habitat).
+
+        Acting for someone never adds rights: it needs both its own and theirs.
+        """
+        check_principal(on_behalf_of, what="on_behalf_of")
+        return await self.grant(to, "principal:act", on_behalf_of, by=by or on_behalf_of)
+
+    def capabilities(self, subject: str | None = None) -> list[Capability]:
+        """Capabilities in force, oldest first; with ``subject``, those that apply to that principal."""
+        self._load()
+        caps = sorted(self._caps.values(), key=lambda c: c.seq)
+        return [c for c in caps if subject is None or matches(c.subject, subject)]
+
+    async def require_approval(self, action: str, resource: str = "*", *, by: str = "system") -> None:
+        """Make ``action`` on resources matching ``resource`` wait for a human, for everyone but the habitat."""
+        check_action(action)
+        resource = normalise_resource(action, resource)
+        self._writable_by_system(by)
+        await self._ledger.append("approval.required", actor=by, meta={"action": action, "resource": resource})
+
+    async def waive_approval(self, action: str, resource: str = "*", *, by: str = "system") -> None:
+        """Remove an approval rule added by :meth:`require_approval`."""
+        resource = normalise_resource(action, resource)
+        self._load()
+        if (action, resource) not in self._rules:
+            raise InvalidRequestError(f"no approval rule for {action} {resource}")
+        self._writable_by_system(by)
+        await self._ledger.append("approval.waived", actor=by, meta={"action": action, "resource": resource})
+
+    def approval_rules(self) -> list[tuple[str, str]]:
+        """The (action, resource pattern) pairs that wait for a human."""
+        self._load()
+        return sorted(self._rules)
+
+    # -- trust ------------------------------------------------------------------------------
+
+    async def label(self, principal: str, label: TrustLabel, *, by: str = "system") -> None:
+        """Label content from principals matching ``principal`` ``trusted`` or ``untrusted``.
+
+        By default ``source:*`` (sensors, web pages, anything from outside) is
+        untrusted and every other principal trusted.
+        """
+        check_principal(principal, what="principal", pattern=True)
+        if label not in ("trusted", "untrusted"):
+            raise InvalidRequestError(f"label must be 'trusted' or 'untrusted', not {label!r}")
+        self._writable_by_system(by)
+        await self._ledger.append("trust.labelled", actor=by, meta={"principal": principal, "label": label})
+
+    def trust_of(self, principal: str) -> TrustLabel:
+        """The trust label content from ``principal`` carries (the most specific matching label wins)."""
+        self._load()
+        found = self._trust.get(principal)
+        if found is not None:
+            return found
+        best: tuple[int, str] | None = None
+        for pattern, label in self._trust.items():
+            if matches(pattern, principal) and (best is None or len(pattern) > best[0]):
+                best = (len(pattern), label)
+        if best is not None:
+            return best[1]
+        return "untrusted" if principal.startswith("source:") else "trusted"
+
+    # -- configuration ----------------------------------------------------------------------
+
+    async def load_config(self, config: ControlConfig, *, source: str = "habitus.toml") -> int:
+        """Record the grants, approval rules, budgets and labels of ``config`` that are not in force yet.
+
+        Run when a habitat opens for writing; what is already in force is left as
+        it is, so loading the same file twice records nothing. Returns how many
+        events were recorded.
+        """
+        self._load()
+        made = 0
+        for g in config.grants:
+            action = check_action(g.action)
+            resource = normalise_resource(action, g.resource)
+            check_principal(g.subject, what="subject", pattern=True)
+            have = any(
+                (c.subject, c.action, c.resource, c.approval) == (g.subject, action, resource, g.approval)
+                for c in self._caps.values()
+            )
+            if not have:
+                meta: dict[str, Any] = {"subject": g.subject, "action": action, "resource": resource, "source": source}
+                if g.approval:
+                    meta["approval"] = True
+                await self._ledger.append("capability.granted", actor="system", meta=meta)
+                made += 1
+        for r in config.approvals:
+            key = (check_action(r.action), normalise_resource(r.action, r.resource))
+            if key not in self._rules:
+                await self._ledger.append(
+                    "approval.required", actor="system", meta={"action": key[0], "resource": key[1], "source": source}
+                )
+                made += 1
+        for b in config.budgets:
+            period = period_seconds(b.period)
+            if self._budget_rules.get((b.subject, b.meter)) != (b.limit, period):
+                meta = {"subject": b.subject, "meter": b.meter, "limit": b.limit, "period": period, "source": source}
+                await self._ledger.append("budget.set", actor="system", meta=meta)
+                made += 1
+        for principal, label in config.trust.items():
+            if self._trust.get(principal) != label:
+                check_principal(principal, what="trust principal", pattern=True)
+                meta = {"principal": principal, "label": label, "source": source}
+                await self._ledger.append("trust.labelled", actor="system", meta=meta)
+                made += 1
+        self._load()
+        return made
+
+    # -- keeping current --------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self._store.read_only:
+            raise ReadOnlyHabitatError("a read-only habitat cannot change its policy; open it for writing")
+
+    def _writable_by_system(self, by: str) -> None:
+        self._writable()
+        if by != "system":
+            raise PolicyDeniedError(
+                f"{by} may not change approval rules or trust labels: only the habitat's operator may",
+                principal=by,
+                action="capability:grant",
+                resource="policy",
+            )
+
+    def _load(self) -> None:
+        """Replay the policy events this process has not seen yet (all of them, the first time).
+
+        A writer then follows its own commits; a read-only handle, where another
+        process writes, looks for new policy events each time it is asked.
+        """
+        if self._loaded and not self._store.read_only:
+            return
+        while True:
+            rows = self._store.query(EventQuery(kinds=_POLICY_KINDS, min_seq=self._seen_seq + 1, limit=10_000))
+            for row in rows:
+                self._apply(row)
+            if rows:
+                self._seen_seq = rows[-1][0]
+            if len(rows) < 10_000:
+                break
+        self._loaded = True
+
+    def _committed(self, ops: Sequence[Op], rows: Sequence[Row]) -> None:
+        # Applying is idempotent, so a commit the first load already read may be seen again harmlessly.
+        if self._loaded:
+            for row in rows:
+                if row[0] > self._seen_seq and row[5] in _POLICY_KINDS:
+                    self._apply(row)
+        self._budgets_committed(ops)
+
+    def _apply(self, row: Row) -> None:
+        seq, id_, _ts, _at, actor, kind, _thread, meta_text = row[:8]
+        meta: dict[str, Any] = json.loads(meta_text) if meta_text else {}
+        event_id = str(uuid.UUID(bytes=id_))
+        if kind == "capability.granted":
+            until = meta.get("until")
+            self._caps[event_id] = Capability(
+                id=event_id,
+                subject=meta["subject"],
+                action=meta["action"],
+                resource=meta["resource"],
+                granted_by=actor,
+                approval=bool(meta.get("approval", False)),
+                until=from_micros(until) if until is not None else None,
+                seq=seq,
+            )
+        elif kind == "capability.revoked":
+            self._caps.pop(meta["capability"], None)
+        elif kind == "approval.required":
+            self._rules[(meta["action"], meta["resource"])] = event_id
+        elif kind == "approval.waived":
+            self._rules.pop((meta["action"], meta["resource"]), None)
+        elif kind == "trust.labelled":
+            self._trust[meta["principal"]] = meta["label"]
+        elif kind == "budget.set":
+            self._apply_budget(meta)
+        else:
+            self._apply_approval(kind, event_id, seq, actor, meta)
