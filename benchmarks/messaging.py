@@ -166,7 +166,9 @@ async def open_habitat(path: Path) -> habitus.Habitat:
 
 async def spawn(hab: habitus.Habitat, ids: Sequence[str], behaviour: str) -> None:
     for start in range(0, len(ids), CHUNK):
-        await hab.agents.spawn_many([SpawnSpec(i, behaviour=behaviour) for i in ids[start : start + CHUNK]])
+        await hab.agents.spawn_many(
+            [SpawnSpec(i, behaviour=behaviour, owner=SENDER) for i in ids[start : start + CHUNK]]
+        )
 
 
 async def until(what: str, count: Callable[[], int], target: int) -> None:

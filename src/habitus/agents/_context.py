@@ -21,6 +21,7 @@ from habitus.storage._projections import TimerDelete, TimerPut
 
 if TYPE_CHECKING:
     from habitus.agents._registry import Agents
+    from habitus.control._rules import Decision
     from habitus.memory._memory import AgentMemory, MemoryService
     from habitus.messaging._messenger import Messenger
 
@@ -241,10 +242,26 @@ class AgentContext:
                 ``capability.*``...); send, remember or ask the control layer instead.
         """
         if kind.startswith(RESERVED_KINDS):
-            raise self._messenger._control.refuse_soon(
+            raise self._messenger.control.refuse_soon(
                 self.principal, "ledger:append", f"kind:{kind}", "only Habitus appends this kind; use its API"
             )
         return self._transaction.append(kind, actor=self.principal, content=content, meta=meta, causes=causes, at=at)
+
+    async def authorize(
+        self, action: str, resource: str, *, detail: Any = None, timeout: float | None = None
+    ) -> Decision:
+        """Check that this agent may do ``action`` on ``resource`` (a tool call, a model use...).
+
+        Where a human must approve, this asks (``approval.requested``, caused by the
+        message being handled) and waits; after a restart the redelivered message
+        finds the same request and its decision instead of asking again.
+
+        Raises:
+            PolicyDeniedError: Refused (recorded as ``policy.denied``).
+            ApprovalRejectedError: A human rejected it.
+            ApprovalPendingError: ``timeout`` seconds passed with no decision.
+        """
+        return await self._messenger.control.authorize(self.principal, action, resource, detail=detail, timeout=timeout)
 
     def set_timer(
         self,

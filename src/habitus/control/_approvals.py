@@ -65,7 +65,7 @@ class Approval(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str
+    id: uuid.UUID
     seq: int
     principal: str
     action: str
@@ -275,7 +275,7 @@ class _Approvals:
         if kind == "approval.requested":
             if event_id not in self._approvals:
                 self._approvals[event_id] = Approval(
-                    id=event_id,
+                    id=uuid.UUID(event_id),
                     seq=seq,
                     principal=meta["principal"],
                     action=meta["action"],
@@ -287,9 +287,9 @@ class _Approvals:
         elif kind == "approval.decided":
             current = self._approvals.get(meta["approval"])
             if current is not None and current.status == "pending":
-                self._approvals[current.id] = current.model_copy(
+                self._approvals[meta["approval"]] = current.model_copy(
                     update={"status": meta["decision"], "decided_by": actor, "reason": meta.get("reason")}
                 )
-                waiter = self._waiters.pop(current.id, None)
+                waiter = self._waiters.pop(meta["approval"], None)
                 if waiter is not None:
                     waiter.set()

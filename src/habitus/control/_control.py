@@ -65,6 +65,8 @@ PolicyHook = Callable[[PolicyRequest], str | None]
 TrustLabel = str
 """``trusted`` or ``untrusted``."""
 
+_MEMO_MAX = 100_000
+
 _POLICY_KINDS = ("capability.granted", "capability.revoked", "approval.required", "approval.waived",
                  "budget.set", "trust.labelled", "approval.requested", "approval.decided")  # fmt: skip
 
@@ -86,6 +88,8 @@ class Control(_Approvals, _Budgets):
         self._agents = agents
         self._hooks: list[PolicyHook] = []
         self._pending: set[asyncio.Task[Any]] = set()
+        self._memo: dict[tuple[str, str, str], Decision] = {}
+        self._memoable = not store.read_only
         self._caps: dict[str, Capability] = {}
         self._rules: dict[tuple[str, str], str] = {}  # (action, resource) -> id of its approval.required
         self._trust: dict[str, str] = {}
@@ -94,12 +98,32 @@ class Control(_Approvals, _Budgets):
         self._init_approvals()
         self._init_budgets()
         ledger.on_commit(self._committed)
+        agents.listen(self._forget_decisions)
 
     # -- deciding ---------------------------------------------------------------------------
 
     def decide(self, principal: str, action: str, resource: str, *, on_behalf_of: str | None = None) -> Decision:
         """What the policy says about ``principal`` doing ``action`` on ``resource`` (no event, no wait)."""
+        if on_behalf_of is None:
+            known = self._memo.get((principal, action, resource))
+            if known is not None:
+                return known
         self._load()
+        decision = self._evaluate(principal, action, resource, on_behalf_of)
+        # Every send and delivery asks: remember what was allowed until the policy or an agent's status
+        # changes (both clear it). Refusals are not kept (an agent spawned later changes them), nor
+        # answers a hook or a lapsing grant gave, nor a read-only handle's (another process writes).
+        if decision.allowed and on_behalf_of is None and self._memoable and not self._hooks:
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[(principal, action, resource)] = decision
+        return decision
+
+    def _forget_decisions(self, *_: object) -> None:
+        self._memo.clear()
+        self._memoable = not self._store.read_only and not any(c.until for c in self._caps.values())
+
+    def _evaluate(self, principal: str, action: str, resource: str, on_behalf_of: str | None) -> Decision:
         if principal == "system":
             return Decision(True, "the habitat itself")
         if principal.startswith("agent:"):
@@ -114,7 +138,7 @@ class Control(_Approvals, _Budgets):
         if on_behalf_of is not None and on_behalf_of != principal:
             if self._holds(principal, "principal:act", on_behalf_of)[0] is None:
                 return Decision(False, f"{on_behalf_of} has not delegated to {principal}")
-            theirs = self.decide(on_behalf_of, action, resource)
+            theirs = self._evaluate(on_behalf_of, action, resource, None)
             if not theirs.allowed:
                 return Decision(False, f"acting for {on_behalf_of}, who may not: {theirs.reason}")
             approval = approval or theirs.approval
@@ -224,6 +248,8 @@ class Control(_Approvals, _Budgets):
             await self.await_approval(
                 principal, action, resource, on_behalf_of=on_behalf_of, detail=detail, timeout=timeout
             )
+            # The wait may have been long: a principal suspended (or a grant revoked) meanwhile is refused now.
+            await self.require(principal, action, resource, on_behalf_of=on_behalf_of)
         return decision
 
     async def deny(
@@ -262,6 +288,7 @@ class Control(_Approvals, _Budgets):
     def add_hook(self, hook: PolicyHook) -> None:
         """Add a rule of the app's own, asked after the capabilities allow (it can only refuse)."""
         self._hooks.append(hook)
+        self._memo.clear()
 
     # -- granting ---------------------------------------------------------------------------
 
@@ -295,7 +322,7 @@ class Control(_Approvals, _Budgets):
         if by != "system":
             if matches(subject, by):
                 await self.deny(by, "capability:grant", subject, "nobody widens their own capabilities")
-            held = self._covering(by, action, resource)
+            held = self._covering(by, action, resource if "*" in subject else expand_self(resource, subject))
             if held is None:
                 await self.deny(by, "capability:grant", subject, f"{by} does not hold {action} {resource} itself")
             if self._ruled("capability:grant", subject):  # holding it is the right; a rule may want a human too
@@ -320,7 +347,7 @@ class Control(_Approvals, _Budgets):
                 and covers(cap.action, action)
                 and covers(expand_self(cap.resource, by), resource)
             ):
-                return cap.id
+                return str(cap.id)
         return None
 
     async def revoke(self, capability: str | uuid.UUID, *, by: str = "system") -> Capability:
@@ -337,8 +364,8 @@ class Control(_Approvals, _Budgets):
         self._writable()
         if by not in ("system", cap.granted_by):
             await self.deny(by, "capability:revoke", cap.subject, f"it was granted by {cap.granted_by}, not {by}")
-        meta = {"capability": cap.id, "subject": cap.subject, "action": cap.action, "resource": cap.resource}
-        await self._ledger.append("capability.revoked", actor=by, meta=meta, causes=[uuid.UUID(cap.id)])
+        meta = {"capability": str(cap.id), "subject": cap.subject, "action": cap.action, "resource": cap.resource}
+        await self._ledger.append("capability.revoked", actor=by, meta=meta, causes=[cap.id])
         return cap
 
     async def delegate(self, to: str, on_behalf_of: str, *, by: str | None = None) -> Capability:
@@ -494,13 +521,18 @@ class Control(_Approvals, _Budgets):
         self._budgets_committed(ops)
 
     def _apply(self, row: Row) -> None:
+        self._apply_event(row)
+        if row[5] not in ("approval.requested", "approval.decided"):
+            self._forget_decisions()
+
+    def _apply_event(self, row: Row) -> None:
         seq, id_, _ts, _at, actor, kind, _thread, meta_text = row[:8]
         meta: dict[str, Any] = json.loads(meta_text) if meta_text else {}
         event_id = str(uuid.UUID(bytes=id_))
         if kind == "capability.granted":
             until = meta.get("until")
             self._caps[event_id] = Capability(
-                id=event_id,
+                id=uuid.UUID(event_id),
                 subject=meta["subject"],
                 action=meta["action"],
                 resource=meta["resource"],

@@ -10,6 +10,7 @@ keeps the grants and asks the functions here.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -175,7 +176,7 @@ class Capability(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str
+    id: uuid.UUID
     subject: str
     action: str
     resource: str

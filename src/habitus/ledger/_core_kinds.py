@@ -35,7 +35,8 @@ class MessageSentMeta(MetaModel):
 
     ``type`` selects the recipient's handler; ``expects_reply`` marks a request;
     ``in_reply_to`` is the id of the request a reply answers; ``trust`` is
-    ``untrusted`` when it carries content from outside (see the control layer).
+    ``untrusted`` when it carries content from outside (see the control layer);
+    ``on_behalf_of`` names the principal the sender acted for, by delegation.
     """
 
     to: _Name
@@ -43,6 +44,7 @@ class MessageSentMeta(MetaModel):
     expects_reply: bool = False
     in_reply_to: _Id | None = None
     trust: Literal["untrusted"] | None = None
+    on_behalf_of: _Name | None = None
 
 
 class NoteMeta(MetaModel):

@@ -58,6 +58,11 @@ class Messenger:
         agents.listen(self._lifecycle)
         ledger.on_commit(self._committed)
 
+    @property
+    def control(self) -> Control:
+        """The control layer every send and delivery is checked by."""
+        return self._control
+
     # -- the public API ---------------------------------------------------------------------
 
     async def send(
@@ -203,6 +208,8 @@ class Messenger:
             meta["in_reply_to"] = str(in_reply_to)
         if tainted or control.trust_of(sender) == "untrusted":
             meta["trust"] = "untrusted"
+        if on_behalf_of is not None and on_behalf_of != sender:
+            meta["on_behalf_of"] = on_behalf_of
         causes = [in_reply_to] if in_reply_to is not None else []
         message_id = tx.append("message.sent", actor=sender, content=body, meta=meta, thread=thread, causes=causes)
         if to_agent is not None:
