@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from habitus.agents._models import AgentInfo, Message
     from habitus.control._approvals import Approval
     from habitus.control._rules import Capability, Decision
-    from habitus.ledger._models import Event
+    from habitus.ledger._models import Erasure, Event
     from habitus.ledger._rows import EventRef
     from habitus.memory._memory import AgentMemory
 
@@ -159,6 +159,31 @@ class Acting:
         return await self._hab.ledger.append(
             kind, actor=self.principal, content=content, meta=meta, causes=causes, thread=thread, at=at
         )
+
+    async def erase(self, event: EventRef, *, reason: str) -> Erasure:
+        """Erase an event's content (needs ``ledger:erase`` on its actor: one's own events, or one's agents').
+
+        Memories and facts are forgotten through their agent's memory instead, so their
+        indexes forget them too. Where an approval rule covers erasure, this waits for it.
+
+        Raises:
+            InvalidRequestError: The event is a memory or fact, or no reason was given.
+            PolicyDeniedError: Not this principal's to erase (recorded as ``policy.denied``).
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidRequestError("erase needs a reason (a non-empty string)")
+        target = await self._hab.ledger.get(event)
+        if target.kind in ("memory.remembered", "fact.asserted"):
+            raise InvalidRequestError(
+                f"event {target.id} is a memory: forget it with acting_as(...).memory({target.meta.get('agent')!r})"
+                ".forget(...), so recall forgets it too"
+            )
+        await self._delegated()
+        detail = {"event": str(target.id), "kind": target.kind, "reason": reason}
+        await self._hab.control.authorize(
+            self.principal, "ledger:erase", target.actor, on_behalf_of=self.on_behalf_of, detail=detail
+        )
+        return await self._hab.ledger.erase(target.id, reason=reason, by=self.principal)
 
     # -- policy -----------------------------------------------------------------------------
 

@@ -246,3 +246,22 @@ async def test_a_rule_can_make_grants_wait_for_a_human(settings: Settings) -> No
         await hab.acting_as("human:alice").grant("agent:friend", "state:read", "agent:scout")  # no wait now
     finally:
         await hab.close()
+
+
+async def test_a_rule_can_make_erasing_memories_wait_for_a_human(settings: Settings) -> None:
+    hab = await _open(settings, app=False)
+    try:
+        await hab.agents.spawn("scout", behaviour="Operator", owner="human:alice")
+        await hab.control.require_approval("memory:erase", "*")
+        record = await hab.memory("scout").remember("the old gate code is 1234")
+        forgetting = asyncio.create_task(hab.memory("scout").forget(record.id, reason="rotated"))
+        approval = await _pending(hab)
+        assert (approval.principal, approval.action, approval.resource) == (
+            "agent:scout", "memory:erase", "scope:agent:scout",
+        )  # fmt: skip
+        assert (await hab.memory("scout").get(record.id)).text == "the old gate code is 1234"  # not yet
+        await hab.acting_as("human:alice").approve(approval.id)
+        await forgetting
+        assert (await hab.ledger.get(record.id)).erased
+    finally:
+        await hab.close()

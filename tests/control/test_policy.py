@@ -251,3 +251,19 @@ async def test_a_read_only_handle_sees_the_writers_policy(hab: Habitat, settings
         assert not reader.control.decide("human:bob", "message:send", "agent:scout").allowed
         await hab.control.grant("human:bob", "message:send", "agent:scout")
         assert reader.control.decide("human:bob", "message:send", "agent:scout").allowed
+
+
+async def test_erasure_is_for_ones_own_events_and_ones_agents(hab: Habitat) -> None:
+    note = await hab.acting_as("human:alice").append("note.recorded", content="alice's phone is 555-0100")
+    by_scout = await hab.acting_as("agent:scout").append("note.recorded", content="scout's note")
+    with pytest.raises(PolicyDeniedError, match="human:bob may not ledger:erase human:alice"):
+        await hab.acting_as("human:bob").erase(note.id, reason="tidying")
+    with pytest.raises(PolicyDeniedError, match="agent:rival may not ledger:erase agent:scout"):
+        await hab.acting_as("agent:rival").erase(by_scout.id, reason="cover tracks")
+    assert (await hab.ledger.get(note.id)).content == "alice's phone is 555-0100"
+    erased = await hab.acting_as("human:alice").erase(note.id, reason="my number")
+    assert (await hab.ledger.get(erased.target)).erased
+    await hab.acting_as("human:alice").erase(by_scout.id, reason="her agent's note")  # an owner may
+    memory = await hab.memory("scout").remember("a memory")
+    with pytest.raises(InvalidRequestError, match="forget it"):
+        await hab.acting_as("agent:scout").erase(memory.id, reason="wrong door")

@@ -54,6 +54,8 @@ from habitus.storage._projections import (
 
 __all__ = ["Runtime", "RuntimeOptions"]
 
+_INBOX_EVERY = 0.5  # seconds between looks at the habitat's inbox
+
 log = logging.getLogger("habitus.runtime")
 
 
@@ -402,8 +404,12 @@ class Runtime:
     # -- timers -----------------------------------------------------------------------------
 
     async def _timer_loop(self) -> None:
+        inbox_due = 0.0
         while not self._stopping:
             self._timers_wake.clear()
+            if time.monotonic() >= inbox_due:  # decisions other processes left for this one (habitus approvals)
+                inbox_due = time.monotonic() + _INBOX_EVERY
+                await self._messenger.control.process_inbox()
             now = time.time_ns() // 1000
             timers = self._store.timers(until=now, limit=256, runnable=True)
             fired = 0

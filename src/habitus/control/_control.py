@@ -66,6 +66,7 @@ TrustLabel = str
 """``trusted`` or ``untrusted``."""
 
 _MEMO_MAX = 100_000
+_OWNER_ACTIONS = ("message:send", "state:read", "state:write", "agent:manage", "ledger:erase", "approval:decide")
 
 _POLICY_KINDS = ("capability.granted", "capability.revoked", "approval.required", "approval.waived",
                  "budget.set", "trust.labelled", "approval.requested", "approval.decided")  # fmt: skip
@@ -168,8 +169,8 @@ class Control(_Approvals, _Budgets):
 
     def _default(self, principal: str, action: str, resource: str) -> str | None:
         family, _, pid = principal.partition(":")
-        if action == "principal:act" and resource == principal:
-            return "itself"
+        if resource == principal and action in ("principal:act", "ledger:erase"):
+            return "itself" if action == "principal:act" else "its own events"
         if action == "ledger:append" and resource.startswith("kind:"):
             kind = resource[5:]
             return None if kind.startswith(RESERVED_KINDS) or "*" in kind else "its own events"
@@ -187,17 +188,10 @@ class Control(_Approvals, _Budgets):
             return None
         if family in ("human", "service"):
             target = None
-            if resource.startswith("agent:") and action in (
-                "message:send",
-                "state:read",
-                "state:write",
-                "agent:manage",
-            ):
+            if resource.startswith("agent:") and action in _OWNER_ACTIONS:
                 target = resource[6:]
             elif resource.startswith("scope:agent:") and action in ("memory:read", "memory:write", "memory:erase"):
                 target = resource[12:]
-            elif action == "approval:decide" and resource.startswith("agent:"):
-                target = resource[6:]
             if target is not None and "*" not in target and self._agents.owner(target) == principal:
                 return f"{principal} owns agent {target!r}"
         return None

@@ -41,7 +41,7 @@ ACTIONS: dict[str, str] = {
     "state:write": "agent",
     "agent:manage": "agent",
     "ledger:append": "kind",
-    "ledger:erase": "event",
+    "ledger:erase": "principal",
     "tool:call": "tool",
     "model:use": "model",
     "capability:grant": "capability",
