@@ -21,7 +21,7 @@ __all__ = ["assert_fact", "facts", "forget", "memories", "recall", "reindex", "r
 def _record_line(r: MemoryRecord) -> str:
     when = r.at.strftime("%Y-%m-%d %H:%M") if r.at else "-"
     text = r.text if len(r.text) <= 100 else r.text[:97] + "..."
-    return f"{r.id}  {when}  {r.kind:<11} {r.scope:<16} {text}"
+    return f"{r.id}  {when}  {r.kind:<11} {r.scope:<16} {r.trust:<9} {text}"
 
 
 def _record_json(r: MemoryRecord) -> dict[str, Any]:
@@ -39,6 +39,7 @@ def _record_json(r: MemoryRecord) -> dict[str, Any]:
 @click.option("--source", "sources", multiple=True, metavar="EVENT", help="An event it came from (repeatable).")
 @click.option("--importance", type=float, default=0.5, show_default=True, help="0 to 1.")
 @click.option("--ttl", type=float, help="Forget it on its own after this many seconds.")
+@click.option("--untrusted", is_flag=True, help="Label it untrusted (content from outside).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored memory as JSON.")
 @click.pass_obj
 def remember(
@@ -52,6 +53,7 @@ def remember(
     sources: tuple[str, ...],
     importance: float,
     ttl: float | None,
+    untrusted: bool,
     as_json: bool,
 ) -> None:
     """Make AGENT remember TEXT."""
@@ -66,10 +68,12 @@ def remember(
             source=sources,
             importance=importance,
             ttl=ttl,
+            trust="untrusted" if untrusted else None,
         )
 
     record = _with_habitat(obj, read_only=False, work=work)
-    click.echo(json.dumps(_record_json(record)) if as_json else f"remembered #{record.seq} {record.id}")
+    untrusted_note = " (untrusted)" if record.trust == "untrusted" else ""
+    click.echo(json.dumps(_record_json(record)) if as_json else f"remembered #{record.seq} {record.id}{untrusted_note}")
 
 
 @cli.command()
@@ -85,6 +89,7 @@ def remember(
 @click.option(
     "--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid", show_default=True, help="Signals."
 )
+@click.option("--trust", type=click.Choice(["trusted", "untrusted"]), help="Only trusted or only untrusted memories.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON (scores, why, provenance).")
 @click.pass_obj
 def recall(
@@ -99,6 +104,7 @@ def recall(
     scopes: tuple[str, ...],
     now: str | None,
     mode: str,
+    trust: str | None,
     as_json: bool,
 ) -> None:
     """Recall what AGENT remembers about QUERY, best first (recorded as memory.recalled)."""
@@ -114,6 +120,7 @@ def recall(
             scope=list(scopes) or None,
             now=_parse_time(now, "--now"),
             mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
+            trust=trust,  # type: ignore[arg-type]  # click.Choice checked it
         )
 
     result = _with_habitat(obj, read_only=False, work=work)
@@ -134,6 +141,8 @@ def recall(
 def _fact_line(f: Fact) -> str:
     valid = f"{f.valid_from.date() if f.valid_from else '…'}..{f.valid_to.date() if f.valid_to else '…'}"
     state = "current" if f.current else f"superseded {f.superseded_at:%Y-%m-%d %H:%M:%S}"
+    if f.trust == "untrusted":
+        state += "; untrusted"
     return f"{f.subject} {f.predicate} {json.dumps(f.value)}  valid {valid}  ({state}; {f.id})"
 
 
@@ -236,13 +245,14 @@ def forget(obj: _Context, agent: str, memory: str, reason: str) -> None:
 @click.argument("agent")
 @click.option("--scope", help="private (default), public or group:NAME.")
 @click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--trust", type=click.Choice(["trusted", "untrusted"]), help="Only trusted or only untrusted memories.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def memories(obj: _Context, agent: str, scope: str | None, limit: int, as_json: bool) -> None:
+def memories(obj: _Context, agent: str, scope: str | None, limit: int, trust: str | None, as_json: bool) -> None:
     """List AGENT's memories in the order they were stored."""
 
     async def work(hab: Habitat) -> list[MemoryRecord]:
-        return await hab.memory(agent).memories(scope=scope, limit=limit)
+        return await hab.memory(agent).memories(scope=scope, limit=limit, trust=trust)  # type: ignore[arg-type]
 
     found = _with_habitat(obj, read_only=True, work=work)
     if as_json:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -105,13 +106,66 @@ class _MemoryView:
 
     async def _check(self, action: str, scope: str) -> None:
         control = self._svc._control
-        decision = control.decide(self.principal, action, "scope:" + scope, on_behalf_of=self._on_behalf_of)
+        resource = "scope:" + scope
+        decision = control.decide(self.principal, action, resource, on_behalf_of=self._on_behalf_of)
         if not decision.allowed:
             await self._deny(action, scope, decision.reason)
+        if decision.approval:  # an approval rule covers it (erasing memories, say): ask a human and wait
+            await control.await_approval(self.principal, action, resource, on_behalf_of=self._on_behalf_of)
+            again = control.decide(self.principal, action, resource, on_behalf_of=self._on_behalf_of)
+            if not again.allowed:
+                await self._deny(action, scope, again.reason)
 
     async def _deny(self, action: str, scope: str, reason: str | None = None) -> None:
         why = reason or f"no capability lets {self.principal} {action} scope:{scope}"
         await self._svc._control.deny(self.principal, action, "scope:" + scope, why, error=ScopeDeniedError)
+
+    # -- trust ------------------------------------------------------------------------------
+
+    def _acting_untrusted(self) -> bool:
+        """True if whatever this view writes is untrusted: it handles untrusted content, or acts
+        as (or for) a principal the control layer labels untrusted."""
+        trust_of = self._svc._control.trust_of
+        return (
+            self._tainted
+            or trust_of(self.principal) == "untrusted"
+            or (self._on_behalf_of is not None and trust_of(self._on_behalf_of) == "untrusted")
+        )
+
+    async def _untrusted_sources(self, sources: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``sources`` that carry untrusted content, read in one batch.
+
+        An event is untrusted when its meta says so (a message from outside, or sent while
+        handling one; a memory or fact labelled untrusted), or when its actor, or the
+        principal it acted for, is labelled untrusted. Events staged in the handler's own
+        transaction are not stored yet and so not found here; they are this agent's own,
+        made while handling the message this view is tainted by, if it is untrusted.
+        """
+        wanted = list({s.bytes for s in sources})
+        if not wanted:
+            return set()
+        rows = await asyncio.to_thread(self._svc._store.rows_by_id, wanted)
+        trust_of = self._svc._control.trust_of
+        found: set[uuid.UUID] = set()
+        for row in rows:
+            actor, meta_text = row[4], row[7]
+            meta: dict[str, Any] = json.loads(meta_text) if meta_text else {}
+            behalf = meta.get("on_behalf_of")
+            if (
+                meta.get("trust") == "untrusted"
+                or trust_of(actor) == "untrusted"
+                or (isinstance(behalf, str) and trust_of(behalf) == "untrusted")
+            ):
+                found.add(uuid.UUID(bytes=row[1]))
+        return found
+
+    async def _trust_label(
+        self, requested: str | None, sources: Sequence[uuid.UUID]
+    ) -> Literal["trusted", "untrusted"]:
+        """The trust label of content written here with ``sources``; ``requested`` may lower it, never raise it."""
+        if requested == "untrusted" or self._acting_untrusted():
+            return "untrusted"
+        return "untrusted" if await self._untrusted_sources(sources) else "trusted"
 
     # -- remembering ------------------------------------------------------------------------
 
@@ -128,6 +182,7 @@ class _MemoryView:
         importance: float = 0.5,
         ttl: float | timedelta | None = None,
         thread: str | None = None,
+        trust: Literal["trusted", "untrusted"] | None = None,
     ) -> MemoryRecord:
         """Remember ``text``; return the stored memory.
 
@@ -142,6 +197,10 @@ class _MemoryView:
             importance: 0..1; decay and capacity forget the least important first.
             ttl: Seconds (or a timedelta) after which it is forgotten on its own.
             thread: The conversation or episode it belongs to.
+            trust: ``untrusted`` labels it untrusted. It is untrusted anyway when the agent acts
+                as (or for) an untrusted principal, handles an untrusted message, or any of its
+                ``source`` events is untrusted; ``trusted`` cannot lift that label (it is kept,
+                silently), so content from outside never launders into trusted memory.
 
         Raises:
             InvalidRequestError: A malformed argument; nothing is stored.
@@ -161,6 +220,7 @@ class _MemoryView:
                     "importance": importance,
                     "ttl": ttl,
                     "thread": thread,
+                    "trust": trust,
                 }
             ]
         )
@@ -180,6 +240,7 @@ class _MemoryView:
                 await self._check("memory:write", scope)
                 checked.add(scope)
             d["scope"] = scope
+        await self._label_drafts(drafts)
         svc = self._svc
         embedder = svc.embedder
         texts = [label(d["speaker"], d["text"]) for d in drafts]
@@ -212,10 +273,22 @@ class _MemoryView:
                         await svc._enforce_capacity(scope, capacity, to_micros(_now()))
         return records
 
+    async def _label_drafts(self, drafts: Sequence[dict[str, Any]]) -> None:
+        """Set each draft's ``trust``, reading the sources of all of them in one batch."""
+        acting = self._acting_untrusted()
+        for d in drafts:
+            d["trust"] = "untrusted" if acting or d["trust"] == "untrusted" else "trusted"
+        pending = [s for d in drafts if d["trust"] == "trusted" for s in d["sources"]]
+        if pending:
+            untrusted = await self._untrusted_sources(pending)
+            for d in drafts:
+                if untrusted.intersection(d["sources"]):
+                    d["trust"] = "untrusted"
+
     def _draft(self, item: Mapping[str, Any], index: int) -> dict[str, Any]:
         where = f"memory {index}" if index else "the memory"
         unknown = set(item) - {
-            "text", "at", "kind", "tags", "meta", "source", "scope", "importance", "ttl", "thread",
+            "text", "at", "kind", "tags", "meta", "source", "scope", "importance", "ttl", "thread", "trust",
         }  # fmt: skip
         if unknown:
             raise InvalidRequestError(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
@@ -250,6 +323,9 @@ class _MemoryView:
         thread = item.get("thread")
         if thread is not None and not isinstance(thread, str):
             raise InvalidRequestError(f"{where}: thread must be a string, not {thread!r}")
+        trust = item.get("trust")
+        if trust not in (None, "trusted", "untrusted"):
+            raise InvalidRequestError(f"{where}: trust must be 'trusted' or 'untrusted', not {trust!r}")
         speaker = meta.get("speaker")
         if speaker is not None and (not isinstance(speaker, str) or not 1 <= len(speaker) <= 256):
             raise InvalidRequestError(f"{where}: meta['speaker'] must be a name of 1-256 characters, not {speaker!r}")
@@ -266,6 +342,7 @@ class _MemoryView:
             "sources": sources,
             "thread": thread,
             "scope": item.get("scope"),
+            "trust": trust,
         }
 
     def _stage(
@@ -287,6 +364,9 @@ class _MemoryView:
                 meta["expires"] = d["expires"]
             if ename is not None:
                 meta["embedder"] = ename
+            untrusted = d["trust"] == "untrusted"
+            if untrusted:
+                meta["trust"] = "untrusted"
             event = tx.append(
                 "memory.remembered",
                 actor=self.principal,
@@ -313,6 +393,7 @@ class _MemoryView:
                     sources=b"".join(u.bytes for u in d["sources"]) or None,
                     embedder=ename if vec is not None else None,
                     vector=vec,
+                    trust="untrusted" if untrusted else None,
                 )
             )
             ids.append(event)

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from habitus.storage._memory import (
 if TYPE_CHECKING:
     pass
 from habitus.memory._base import _MemoryView
-from habitus.memory._shared import _aware, _fact_from_rows, _json, _now, _overlaps, _record_from_row
+from habitus.memory._shared import _aware, _check_trust, _fact_from_rows, _json, _now, _overlaps, _record_from_row
 
 if TYPE_CHECKING:
     from habitus.memory._service import Summarizer
@@ -60,7 +60,8 @@ class _Believing(_MemoryView):
         extractive: the ``sentences`` episodes closest to the group's centroid (by their
         vectors, or by shared words when lexical-only), in their original order. With
         ``summarize`` (for example a model from the gateway), its text is used instead.
-        Running it again consolidates only what is new.
+        Running it again consolidates only what is new. A note made from any untrusted
+        episode is untrusted too (its sources carry the label).
         """
         if isinstance(min_records, bool) or not isinstance(min_records, int) or min_records < 1:
             raise InvalidRequestError(f"min_records must be a positive integer, not {min_records!r}")
@@ -137,6 +138,7 @@ class _Believing(_MemoryView):
         valid_to: datetime | None = None,
         source: Iterable[EventRef] = (),
         scope: str | None = None,
+        trust: Literal["trusted", "untrusted"] | None = None,
     ) -> Fact:
         """Assert that ``subject predicate value`` holds from ``valid_from`` to ``valid_to`` (world time).
 
@@ -145,6 +147,10 @@ class _Believing(_MemoryView):
         believed from now on; where it held before ``valid_from`` (or after
         ``valid_to``) a truncated copy keeps that part believed. Asserting what
         is already believed changes nothing and returns the existing fact.
+
+        Its ``trust`` label follows the rules of :meth:`remember`: untrusted when the agent
+        acts as (or for) an untrusted principal, handles an untrusted message, or a source
+        is untrusted, or when ``trust="untrusted"``; ``trusted`` cannot lift it.
 
         Raises:
             InvalidRequestError: A malformed argument (nothing is recorded).
@@ -160,6 +166,8 @@ class _Believing(_MemoryView):
         vf, vt = _aware(valid_from, "valid_from"), _aware(valid_to, "valid_to")
         if vf is not None and vt is not None and vt <= vf:
             raise InvalidRequestError(f"valid_to ({vt.isoformat()}) must be after valid_from ({vf.isoformat()})")
+        if trust not in (None, "trusted", "untrusted"):
+            raise InvalidRequestError(f"trust must be 'trusted' or 'untrusted', not {trust!r}")
         resolved = await self._scope_for(scope, write=True)
         svc = self._svc
         f_us = to_micros(vf) if vf else None
@@ -172,7 +180,11 @@ class _Believing(_MemoryView):
                 return _fact_from_rows(row, [])
         overlapping = [r for r in current if r.value != value_json and _overlaps(r.valid_from, r.valid_to, f_us, t_us)]
         sources = [as_uuid(s) for s in source]
+        labelled = await self._trust_label(trust, sources)
+        own_trust = "untrusted" if labelled == "untrusted" else None
         meta: dict[str, Any] = {"agent": self.agent, "scope": resolved}
+        if own_trust is not None:
+            meta["trust"] = own_trust
         if f_us is not None:
             meta["valid_from"] = f_us
         if t_us is not None:
@@ -184,16 +196,20 @@ class _Believing(_MemoryView):
         async with svc._ledger.transaction() as tx:
             event = tx.append("fact.asserted", actor=self.principal, content=content, meta=meta, causes=causes)
             ev = event.bytes
-            tx.project(FactPut(ev, self.agent, resolved, subject, predicate, value_json, f_us, t_us))
+            tx.project(FactPut(ev, self.agent, resolved, subject, predicate, value_json, f_us, t_us, trust=own_trust))
             now_us = time.time_ns() // 1000
             for r in overlapping:
                 tx.project(FactSupersede(r.fid, now_us, ev))
                 if f_us is not None and (r.valid_from is None or r.valid_from < f_us):
                     tx.project(
-                        FactPut(ev, r.agent, r.scope, r.subject, r.predicate, r.value, r.valid_from, f_us, r.fid)
+                        FactPut(
+                            ev, r.agent, r.scope, r.subject, r.predicate, r.value, r.valid_from, f_us, r.fid, r.trust
+                        )
                     )
                 if t_us is not None and (r.valid_to is None or r.valid_to > t_us):
-                    tx.project(FactPut(ev, r.agent, r.scope, r.subject, r.predicate, r.value, t_us, r.valid_to, r.fid))
+                    tx.project(
+                        FactPut(ev, r.agent, r.scope, r.subject, r.predicate, r.value, t_us, r.valid_to, r.fid, r.trust)
+                    )
         rows = await asyncio.to_thread(svc._store.fact_by_id, event.bytes)
         mine = [r for r in rows if r.copy_of is None]
         return _fact_from_rows(mine[0], sources)
@@ -207,6 +223,7 @@ class _Believing(_MemoryView):
         valid_at: datetime | None = None,
         scope: str | None = None,
         history: bool = False,
+        trust: Literal["trusted", "untrusted"] | None = None,
     ) -> list[Fact]:
         """What this agent believes (about ``subject``), oldest first.
 
@@ -216,7 +233,9 @@ class _Believing(_MemoryView):
             valid_at: World time: only facts that hold at that moment.
             history: Every version ever recorded, superseded ones included.
             scope: Where to look (default: every scope this agent may read).
+            trust: Only ``trusted`` or only ``untrusted`` facts (default: both).
         """
+        trust = _check_trust(trust)
         if scope is None:
             allowed = await self.scopes()
             if self.private not in allowed:
@@ -239,6 +258,8 @@ class _Believing(_MemoryView):
                 ):
                     continue
             if valid_us is not None and not _overlaps(r.valid_from, r.valid_to, valid_us, valid_us + 1):
+                continue
+            if trust is not None and (r.trust or "trusted") != trust:
                 continue
             out.append(_fact_from_rows(r, []))
         return out

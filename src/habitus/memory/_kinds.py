@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -18,6 +18,7 @@ class RememberedMeta(MetaModel):
     """Meta of ``memory.remembered``: whose memory, where it lives, and how it is kept.
 
     The text is the content; the sources are the event's causes; world time is its ``at``.
+    ``trust`` is ``untrusted`` when it came from an untrusted source (absent: trusted).
     """
 
     agent: _Name
@@ -29,6 +30,7 @@ class RememberedMeta(MetaModel):
     importance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     expires: int | None = None
     embedder: _Name | None = None
+    trust: Literal["untrusted"] | None = None
 
 
 class RecalledMeta(MetaModel):
@@ -65,6 +67,7 @@ class FactAssertedMeta(MetaModel):
     """Meta of ``fact.asserted``: whose belief, its world-time validity, and what it supersedes.
 
     ``{"subject", "predicate", "value"}`` is the content; sources and superseded facts are causes.
+    ``trust`` is ``untrusted`` when it was asserted from untrusted content (absent: trusted).
     """
 
     agent: _Name
@@ -72,6 +75,7 @@ class FactAssertedMeta(MetaModel):
     valid_from: int | None = None
     valid_to: int | None = None
     supersedes: Annotated[list[_Id], Field(default_factory=list, max_length=256)]
+    trust: Literal["untrusted"] | None = None
 
 
 MEMORY_KINDS = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from habitus.errors import (
     InvalidRequestError,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 from habitus.memory._beliefs import _Believing
 from habitus.memory._recall import _Recalling
 from habitus.memory._service import MemoryService, Reranker, Summarizer
-from habitus.memory._shared import _record_from_row
+from habitus.memory._shared import _check_trust, _record_from_row
 
 __all__ = ["AgentMemory", "MemoryService", "Reranker", "Summarizer"]
 
@@ -78,12 +78,21 @@ class AgentMemory(_Recalling, _Believing):
         return row
 
     async def memories(
-        self, *, scope: str | None = None, after: int = 0, limit: int = 100, kinds: Iterable[str] | None = None
+        self,
+        *,
+        scope: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+        kinds: Iterable[str] | None = None,
+        trust: Literal["trusted", "untrusted"] | None = None,
     ) -> list[MemoryRecord]:
-        """Memories in the order they were stored (default: this agent's private scope)."""
+        """Memories in the order they were stored (default: this agent's private scope), of ``kinds``
+        and only ``trusted`` or ``untrusted`` ones when ``trust`` is given."""
+        trust = _check_trust(trust)
         resolved = await self._scope_for(scope, write=False)
+        kind_list = list(kinds or []) or None
         rows = await asyncio.to_thread(
-            lambda: self._svc._store.memory_list([resolved], after=after, limit=limit, kinds=list(kinds or []) or None)
+            lambda: self._svc._store.memory_list([resolved], after=after, limit=limit, kinds=kind_list, trust=trust)
         )
         return [_record_from_row(r) for r in rows]
 

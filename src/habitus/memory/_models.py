@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
@@ -30,6 +30,9 @@ class MemoryRecord(BaseModel):
         expires_at: When it is forgotten on its own (its TTL), if ever.
         thread: The conversation or episode it belongs to, if any.
         embedder: The model its vector came from (``None``: lexical only).
+        trust: ``untrusted`` when it came from an untrusted source (a ``source:`` principal,
+            a message or memory labelled untrusted, or an agent handling one), else ``trusted``.
+            A label once ``untrusted`` is kept by everything derived from it.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -49,6 +52,7 @@ class MemoryRecord(BaseModel):
     expires_at: datetime | None
     thread: str | None
     embedder: str | None
+    trust: Literal["trusted", "untrusted"] = "trusted"
 
 
 class Hit(BaseModel):
@@ -104,6 +108,7 @@ class Fact(BaseModel):
         superseded_at: System time it stopped being believed (``None``: still believed).
         superseded_by: The assertion that replaced it.
         sources: The events it came from.
+        trust: ``untrusted`` when it was asserted from untrusted content (as for memories).
         current: Believed now (not superseded).
     """
 
@@ -121,6 +126,7 @@ class Fact(BaseModel):
     superseded_at: datetime | None
     superseded_by: uuid.UUID | None
     sources: list[uuid.UUID]
+    trust: Literal["trusted", "untrusted"] = "trusted"
 
     @property
     def current(self) -> bool:

@@ -28,7 +28,7 @@ from habitus.storage._memory import (
 if TYPE_CHECKING:
     pass
 from habitus.memory._base import _MemoryView
-from habitus.memory._shared import _MAX_K, _aware, _now, _passes, _record_from_row
+from habitus.memory._shared import _MAX_K, _aware, _check_trust, _now, _passes, _record_from_row
 
 if TYPE_CHECKING:
     from habitus.memory._service import Reranker
@@ -55,6 +55,7 @@ class _Recalling(_MemoryView):
         scope: str | Iterable[str] | None = None,
         now: datetime | None = None,
         mode: Literal["hybrid", "dense", "lexical"] = "hybrid",
+        trust: Literal["trusted", "untrusted"] | None = None,
     ) -> Recall:
         """Recall the ``k`` memories that best answer ``query``, best first.
 
@@ -75,6 +76,8 @@ class _Recalling(_MemoryView):
             now: "Now" for relative time expressions (default: the clock).
             mode: ``hybrid`` (every signal), ``dense`` (vectors, speaker and time; no
                 full-text search) or ``lexical`` (no vectors).
+            trust: Only ``trusted`` or only ``untrusted`` memories (default: both; each
+                hit's ``record.trust`` says which it is).
 
         Raises:
             InvalidRequestError: A malformed argument.
@@ -90,6 +93,7 @@ class _Recalling(_MemoryView):
             raise InvalidRequestError(f"k must be an integer from 1 to {_MAX_K}, not {k!r}")
         since, until, as_of = _aware(since, "since"), _aware(until, "until"), _aware(as_of, "as_of")
         now = _aware(now, "now") or _now()
+        trust = _check_trust(trust)
         kind_set = set(kinds) if kinds is not None else None
         tag_set = set(tags) if tags is not None else None
         if scope is None:
@@ -107,7 +111,7 @@ class _Recalling(_MemoryView):
         qvec = await svc.embed([query]) if mode != "lexical" else None
         evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k, mode != "dense")
         ranked = rank(info, evidence, now=now, tuning=svc.tuning)
-        kept = [s for s in ranked if _passes(evidence.rows[s.rid], since, until, kind_set, tag_set, as_of)]
+        kept = [s for s in ranked if _passes(evidence.rows[s.rid], since, until, kind_set, tag_set, as_of, trust)]
         if svc.reranker is not None and kept:
             kept = await self._rerank(svc.reranker, query, kept, evidence, max(k, svc.tuning.rerank_depth))
         hits = [self._hit(evidence.rows[s.rid], s) for s in kept[:k]]

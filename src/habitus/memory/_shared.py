@@ -8,7 +8,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from habitus.agents._registry import agent_id
 from habitus.errors import (
@@ -67,6 +67,13 @@ def _overlaps(a_from: int | None, a_to: int | None, b_from: int | None, b_to: in
     return lo < hi
 
 
+def _check_trust(trust: object) -> Literal["trusted", "untrusted"] | None:
+    """A trust filter: ``trusted``, ``untrusted`` or ``None`` (no filter)."""
+    if trust is None or trust == "trusted" or trust == "untrusted":
+        return trust
+    raise InvalidRequestError(f"trust must be 'trusted', 'untrusted' or None, not {trust!r}")
+
+
 def _passes(
     row: MemoryRow,
     since: datetime | None,
@@ -74,7 +81,10 @@ def _passes(
     kinds: set[str] | None,
     tags: set[str] | None,
     as_of: datetime | None,
+    trust: str | None = None,
 ) -> bool:
+    if trust is not None and (row.trust or "trusted") != trust:
+        return False
     if since is not None and (row.at is None or row.at < to_micros(since)):
         return False
     if until is not None and (row.at is None or row.at >= to_micros(until)):
@@ -105,6 +115,7 @@ def _record_from_row(row: MemoryRow) -> MemoryRecord:
         expires_at=from_micros(row.expires) if row.expires is not None else None,
         thread=row.thread,
         embedder=row.embedder,
+        trust="untrusted" if row.trust == "untrusted" else "trusted",
     )
 
 
@@ -128,6 +139,7 @@ def _record_from_draft(
         expires_at=from_micros(d["expires"]) if d["expires"] is not None else None,
         thread=d["thread"],
         embedder=embedder,
+        trust=d["trust"],
     )
 
 
@@ -145,4 +157,5 @@ def _fact_from_rows(row: FactRow, sources: Sequence[uuid.UUID]) -> Fact:
         superseded_at=from_micros(row.superseded) if row.superseded is not None else None,
         superseded_by=uuid.UUID(bytes=row.superseded_by) if row.superseded_by is not None else None,
         sources=list(sources),
+        trust="untrusted" if row.trust == "untrusted" else "trusted",
     )

@@ -37,7 +37,10 @@ def label(speaker: str | None, text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class MemoryPut:
-    """Store a memory (its ``memory.remembered`` event is ``event``), its text and its vector."""
+    """Store a memory (its ``memory.remembered`` event is ``event``), its text and its vector.
+
+    ``trust`` is ``"untrusted"`` for content from an untrusted source, ``None`` otherwise.
+    """
 
     event: bytes
     agent: str
@@ -54,6 +57,7 @@ class MemoryPut:
     sources: bytes | None
     embedder: str | None
     vector: bytes | None
+    trust: str | None = None  # "untrusted", or None: trusted
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,7 @@ class FactPut:
     valid_from: int | None
     valid_to: int | None
     copy_of: int | None = None
+    trust: str | None = None  # "untrusted", or None: trusted
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,7 @@ class MemoryRow:
     embedder: str | None
     recalled: int | None
     recalls: int
+    trust: str | None  # "untrusted", or None: trusted
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,7 @@ class FactRow:
     superseded: int | None
     superseded_by: bytes | None
     copy_of: int | None
+    trust: str | None  # "untrusted", or None: trusted
 
 
 class MemoryStore(Protocol):
@@ -213,9 +220,16 @@ class MemoryStore(Protocol):
         ...
 
     def memory_list(
-        self, scopes: Sequence[str] | None, *, after: int = 0, limit: int = 100, kinds: Sequence[str] | None = None
+        self,
+        scopes: Sequence[str] | None,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        kinds: Sequence[str] | None = None,
+        trust: str | None = None,
     ) -> list[MemoryRow]:
-        """Memories of ``scopes`` (``None``: all) in rid order after ``after``."""
+        """Memories of ``scopes`` (``None``: all) in rid order after ``after``; ``kinds`` and
+        ``trust`` (``"trusted"`` or ``"untrusted"``) filter them."""
         ...
 
     def memory_count(self, scope: str) -> int:

@@ -28,6 +28,7 @@ from habitus.storage._projections import AgentRow, MailboxRow, TimerRow
 from habitus.storage._sqlite_memory import SCHEMA as MEMORY_SCHEMA
 from habitus.storage._sqlite_memory import (
     enable_secure_delete,
+    migrate_memory_tables,
     purge_fulltext,
 )
 from habitus.storage._sqlite_memory_reads import SQLiteMemoryReads
@@ -138,6 +139,7 @@ class SQLiteStore(SQLiteMemoryReads):
         if not read_only:
             self._writer = self._connect(writer=True)
             self._writer.executescript(_SCHEMA + POSTINGS_SCHEMA + PROJECTIONS_SCHEMA + MEMORY_SCHEMA)
+            migrate_memory_tables(self._writer)
             enable_secure_delete(self._writer)
 
     # -- connections -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from habitus.storage._memory import (
     FactDelete,
@@ -31,6 +32,7 @@ from habitus.storage._memory import (
 __all__ = [
     "SCHEMA",
     "apply_memory_op",
+    "migrate_memory_tables",
     "purge_fulltext",
     "put_memories",
     "read_facts",
@@ -50,7 +52,8 @@ CREATE TABLE IF NOT EXISTS memories (
     rid INTEGER PRIMARY KEY, id BLOB NOT NULL, agent TEXT NOT NULL, scope TEXT NOT NULL,
     kind TEXT NOT NULL, text TEXT NOT NULL, speaker TEXT, at INTEGER, recorded INTEGER NOT NULL,
     tags TEXT NOT NULL, attrs TEXT NOT NULL, importance REAL NOT NULL, expires INTEGER,
-    thread TEXT, tid INTEGER, sources BLOB, embedder TEXT, recalled INTEGER, recalls INTEGER NOT NULL DEFAULT 0
+    thread TEXT, tid INTEGER, sources BLOB, embedder TEXT, recalled INTEGER, recalls INTEGER NOT NULL DEFAULT 0,
+    trust TEXT  -- 'untrusted', or NULL: trusted
 );
 CREATE UNIQUE INDEX IF NOT EXISTS memories_id ON memories (id);
 CREATE INDEX IF NOT EXISTS memories_scope ON memories (scope, rid);
@@ -81,7 +84,8 @@ CREATE TABLE IF NOT EXISTS facts (
     fid INTEGER PRIMARY KEY, seq INTEGER NOT NULL, id BLOB NOT NULL, agent TEXT NOT NULL, scope TEXT NOT NULL,
     subject TEXT NOT NULL, predicate TEXT NOT NULL, value TEXT NOT NULL,
     valid_from INTEGER, valid_to INTEGER, recorded INTEGER NOT NULL,
-    superseded INTEGER, superseded_by BLOB, copy_of INTEGER
+    superseded INTEGER, superseded_by BLOB, copy_of INTEGER,
+    trust TEXT  -- 'untrusted', or NULL: trusted
 );
 CREATE INDEX IF NOT EXISTS facts_subject ON facts (scope, subject, predicate);
 CREATE INDEX IF NOT EXISTS facts_id ON facts (id);
@@ -89,12 +93,43 @@ CREATE INDEX IF NOT EXISTS facts_id ON facts (id);
 
 _MEMORY_COLUMNS = (
     "rid, id, agent, scope, kind, text, speaker, at, recorded, tags, attrs, importance, expires, "
-    "thread, tid, sources, embedder, recalled, recalls"
+    "thread, tid, sources, embedder, recalled, recalls, trust"
 )
 _FACT_COLUMNS = (
     "fid, seq, id, agent, scope, subject, predicate, value, valid_from, valid_to, recorded, superseded, "
-    "superseded_by, copy_of"
+    "superseded_by, copy_of, trust"
 )
+# Columns added after the first release: (table, column, declaration). Older files get them on open.
+_ADDED_COLUMNS = (
+    ("memories", "trust", "TEXT"),
+    ("facts", "trust", "TEXT"),
+)
+
+
+def migrate_memory_tables(conn: sqlite3.Connection) -> None:
+    """Add the columns newer versions keep to memory tables made by an older one (run after :data:`SCHEMA`)."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _select(conn: sqlite3.Connection, columns: str, table: str, where: str, params: Sequence[object]) -> list[Any]:
+    """``SELECT columns FROM table WHERE where``, also on a file no writer of this version has migrated.
+
+    A read-only handle cannot add columns; there, the columns added since read as NULL (so
+    every memory of such a file reads as trusted, as it was written). The plain query is
+    tried first each time, so a file migrated meanwhile by a writer is read as it is.
+    """
+    try:
+        return conn.execute(f"SELECT {columns} FROM {table} WHERE {where}", params).fetchall()
+    except sqlite3.OperationalError as exc:
+        added = [c for t, c, _ in _ADDED_COLUMNS if t == table]
+        if not any(f"no such column: {c}" in str(exc) for c in added):
+            raise
+    nulls = ", ".join(f"NULL AS {c}" for c in added)
+    legacy = f"(SELECT *, {nulls} FROM {table}) AS {table}"
+    return conn.execute(f"SELECT {columns} FROM {legacy} WHERE {where}", params).fetchall()
 
 
 def scope_token(scope: str) -> str:
@@ -124,7 +159,7 @@ def apply_memory_op(conn: sqlite3.Connection, op: MemoryOp, seq_of: dict[bytes, 
     elif isinstance(op, FactPut):
         seq = seq_of[op.event]
         conn.execute(
-            f"INSERT INTO facts ({_FACT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
+            f"INSERT INTO facts ({_FACT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
             (
                 seq,
                 op.event,
@@ -137,6 +172,7 @@ def apply_memory_op(conn: sqlite3.Connection, op: MemoryOp, seq_of: dict[bytes, 
                 op.valid_to,
                 ts_of[seq],
                 op.copy_of,
+                op.trust,
             ),
         )
     elif isinstance(op, FactSupersede):
@@ -192,7 +228,7 @@ def put_memories(
         rows.append(
             (
                 rid, op.event, op.agent, op.scope, op.kind, op.text, op.speaker, op.at, ts_of[rid], op.tags,
-                op.attrs, op.importance, op.expires, op.thread, tid, op.sources, op.embedder,
+                op.attrs, op.importance, op.expires, op.thread, tid, op.sources, op.embedder, op.trust,
             )
         )  # fmt: skip
         own = label(op.speaker, op.text)
@@ -208,10 +244,8 @@ def put_memories(
         scopes[op.scope] = scopes.get(op.scope, 0) + 1
         if op.speaker is not None:
             speakers[(op.scope, op.speaker)] = speakers.get((op.scope, op.speaker), 0) + 1
-    conn.executemany(
-        f"INSERT INTO memories ({_MEMORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0)",
-        rows,
-    )
+    marks = ", ".join("?" * 17)
+    conn.executemany(f"INSERT INTO memories ({_MEMORY_COLUMNS}) VALUES ({marks}, NULL, 0, ?)", rows)
     conn.executemany("INSERT INTO memory_text (rowid, body, scope) VALUES (?, ?, ?)", texts)
     if vectors:
         conn.executemany("INSERT INTO memory_vectors (rid, scope, embedder, vec) VALUES (?, ?, ?, ?)", vectors)
@@ -313,8 +347,7 @@ def enable_secure_delete(conn: sqlite3.Connection) -> None:
 
 def read_memories(conn: sqlite3.Connection, where: str, params: Sequence[object]) -> list[MemoryRow]:
     """Memories matching a WHERE clause over the memories table."""
-    rows = conn.execute(f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE {where}", params).fetchall()
-    return [MemoryRow(*r) for r in rows]
+    return [MemoryRow(*r) for r in _select(conn, _MEMORY_COLUMNS, "memories", where, params)]
 
 
 def search_fulltext(
@@ -334,5 +367,4 @@ def search_fulltext(
 
 def read_facts(conn: sqlite3.Connection, where: str, params: Sequence[object]) -> list[FactRow]:
     """Facts matching a WHERE clause, oldest first."""
-    rows = conn.execute(f"SELECT {_FACT_COLUMNS} FROM facts WHERE {where} ORDER BY recorded, fid", params).fetchall()
-    return [FactRow(*r) for r in rows]
+    return [FactRow(*r) for r in _select(conn, _FACT_COLUMNS, "facts", where + " ORDER BY recorded, fid", params)]

@@ -131,9 +131,16 @@ class SQLiteMemoryReads:
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     def memory_list(
-        self, scopes: Sequence[str] | None, *, after: int = 0, limit: int = 100, kinds: Sequence[str] | None = None
+        self,
+        scopes: Sequence[str] | None,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        kinds: Sequence[str] | None = None,
+        trust: str | None = None,
     ) -> list[MemoryRow]:
-        """Memories of ``scopes`` (``None``: all) in rid order after ``after``."""
+        """Memories of ``scopes`` (``None``: all) in rid order after ``after``, of ``kinds`` and
+        ``trust`` (``"trusted"`` or ``"untrusted"``) when given."""
         params: list[object]
         if scopes is None:
             where, params = "rid > ?", [after]
@@ -145,6 +152,8 @@ class SQLiteMemoryReads:
         if kinds:
             where += f" AND kind IN ({','.join('?' * len(kinds))})"
             params.extend(kinds)
+        if trust is not None:
+            where += " AND trust IS NULL" if trust == "trusted" else " AND trust = 'untrusted'"
         return self._read(lambda c: read_memories(c, where + " ORDER BY rid LIMIT ?", [*params, limit]))
 
     def memory_count(self, scope: str) -> int:
