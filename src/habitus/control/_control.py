@@ -91,6 +91,8 @@ class Control(_Approvals, _Budgets):
         self._pending: set[asyncio.Task[Any]] = set()
         self._memo: dict[tuple[str, str, str], Decision] = {}
         self._memoable = not store.read_only
+        self._lapsing = False
+        self._index: dict[str, list[Capability]] | None = None
         self._caps: dict[str, Capability] = {}
         self._rules: dict[tuple[str, str], str] = {}  # (action, resource) -> id of its approval.required
         self._trust: dict[str, str] = {}
@@ -122,7 +124,19 @@ class Control(_Approvals, _Budgets):
 
     def _forget_decisions(self, *_: object) -> None:
         self._memo.clear()
-        self._memoable = not self._store.read_only and not any(c.until for c in self._caps.values())
+        self._lapsing = any(c.until for c in self._caps.values())
+        self._memoable = not self._store.read_only and not self._lapsing
+        self._index = None
+
+    def _candidates(self, principal: str) -> list[Capability]:
+        """The capabilities whose subject may match ``principal``: its own, and those granted to patterns."""
+        index = self._index
+        if index is None:
+            index = {}
+            for cap in self._caps.values():
+                index.setdefault("*" if "*" in cap.subject else cap.subject, []).append(cap)
+            self._index = index
+        return index.get(principal, []) + index.get("*", [])
 
     def _evaluate(self, principal: str, action: str, resource: str, on_behalf_of: str | None) -> Decision:
         if principal == "system":
@@ -158,9 +172,9 @@ class Control(_Approvals, _Budgets):
         reason = self._default(principal, action, resource)
         if reason is not None:
             return reason, False
-        now = datetime.now(UTC) if any(c.until for c in self._caps.values()) else None
+        now = datetime.now(UTC) if self._lapsing else None
         best: Capability | None = None
-        for cap in self._caps.values():
+        for cap in self._candidates(principal):
             if cap.applies(principal, action, resource, now) and (best is None or best.approval > cap.approval):
                 best = cap
         if best is None:
@@ -373,8 +387,9 @@ class Control(_Approvals, _Budgets):
     def capabilities(self, subject: str | None = None) -> list[Capability]:
         """Capabilities in force, oldest first; with ``subject``, those that apply to that principal."""
         self._load()
-        caps = sorted(self._caps.values(), key=lambda c: c.seq)
-        return [c for c in caps if subject is None or matches(c.subject, subject)]
+        if subject is None:
+            return sorted(self._caps.values(), key=lambda c: c.seq)
+        return sorted((c for c in self._candidates(subject) if matches(c.subject, subject)), key=lambda c: c.seq)
 
     async def require_approval(self, action: str, resource: str = "*", *, by: str = "system") -> None:
         """Make ``action`` on resources matching ``resource`` wait for a human, for everyone but the habitat."""
