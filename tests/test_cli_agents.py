@@ -164,22 +164,24 @@ def test_send_queues_text_and_json_messages(hab: Callable[..., Result], tmp_path
     assert "1 waiting in its mailbox" in sent.output
     assert field_of(hab("agents", "scout").output, "mailbox") == "1 message waiting"
 
-    structured = hab(
-        "send", "agent:scout", '{"temp": 31.4, "ok": false}', "--json",
-        "--type", "reading", "--from", "source:sensor-7", "--thread", "greenhouse",
-    )  # fmt: skip
+    reading = ('{"temp": 31.4, "ok": false}', "--json", "--type", "reading", "--thread", "greenhouse")
+    stranger = hab("send", "agent:scout", *reading, "--from", "source:sensor-7")  # a sensor is nobody's agent
+    assert stranger.exit_code == 8 and "may not message:send agent:scout" in stranger.output
+    assert hab("grant", "source:sensor-7", "message:send", "agent:scout").exit_code == 0
+    structured = hab("send", "agent:scout", *reading, "--from", "source:sensor-7")
     assert structured.exit_code == 0, structured.output
-    number = hab("send", "scout", "42", "--json")
+    number = hab("send", "scout", "42", "--json", "--from", "human:ada")
     assert number.exit_code == 0
     assert field_of(hab("agents", "scout").output, "mailbox") == "3 messages waiting"
     assert hab("agents").output.splitlines()[1].split()[:5] == ["scout", "spawned", "Scout", "human:ada", "3"]
 
     first, second, third = events(tmp_path / "hab", "message.sent")
-    assert (first.actor, first.content) == (f"human:{getpass.getuser()}", "hello there")
-    assert first.meta == {"to": "agent:scout"}
+    assert (first.actor, first.content) == ("human:ada", "hello there")
+    assert first.meta == {"to": "agent:scout"}  # a person is trusted: no label
     assert second.content == {"temp": 31.4, "ok": False}
     assert (second.actor, second.thread, second.meta["type"]) == ("source:sensor-7", "greenhouse", "reading")
-    assert third.content == 42
+    assert second.meta["trust"] == "untrusted"  # what a sensor says is marked, for the agent to weigh
+    assert third.content == 42 and "trust" not in third.meta
 
 
 def test_send_with_a_body_that_is_not_json_is_refused(hab: Callable[..., Result], tmp_path: Path) -> None:

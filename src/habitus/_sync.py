@@ -17,14 +17,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from habitus._acting import Acting
 from habitus._habitat import Habitat
 from habitus._settings import Settings
+from habitus.control._control import Control
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._models import Event
 from habitus.ledger._transaction import Transaction
 from habitus.memory._memory import AgentMemory, MemoryService
 
-__all__ = ["SyncAgentMemory", "SyncHabitat", "SyncLedger", "SyncMemories"]
+__all__ = ["SyncActing", "SyncAgentMemory", "SyncControl", "SyncHabitat", "SyncLedger", "SyncMemories"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -56,6 +58,16 @@ def _bridge(fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]) -> Callab
     @functools.wraps(fn)
     def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._portal.call(fn(self._target, *args, **kwargs))  # type: ignore[no-any-return]
+
+    return method
+
+
+def _forward(fn: Callable[Concatenate[Any, P], T]) -> Callable[Concatenate[Any, P], T]:
+    """A synchronous method of the target, called as it is (it does no I/O on the loop)."""
+
+    @functools.wraps(fn)
+    def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return fn(self._target, *args, **kwargs)
 
     return method
 
@@ -146,6 +158,76 @@ class SyncMemories:
     sweep = _bridge(MemoryService.sweep)
 
 
+class SyncControl:
+    """Blocking twin of :class:`habitus.control.Control`; see it for each method's documentation."""
+
+    def __init__(self, target: Control, portal: _Portal) -> None:
+        self._target = target
+        self._portal = portal
+
+    decide = _forward(Control.decide)
+    require = _bridge(Control.require)
+    authorize = _bridge(Control.authorize)
+    deny = _bridge(Control.deny)
+    add_hook = _forward(Control.add_hook)
+    grant = _bridge(Control.grant)
+    delegate = _bridge(Control.delegate)
+    revoke = _bridge(Control.revoke)
+    capabilities = _forward(Control.capabilities)
+    require_approval = _bridge(Control.require_approval)
+    waive_approval = _bridge(Control.waive_approval)
+    approval_rules = _forward(Control.approval_rules)
+    await_approval = _bridge(Control.await_approval)
+    approve = _bridge(Control.approve)
+    reject = _bridge(Control.reject)
+    approvals = _forward(Control.approvals)
+    approval = _forward(Control.approval)
+    post_decision = _forward(Control.post_decision)
+    process_inbox = _bridge(Control.process_inbox)
+    set_budget = _bridge(Control.set_budget)
+    budgets = _forward(Control.budgets)
+    label = _bridge(Control.label)
+    trust_of = _forward(Control.trust_of)
+    load_config = _bridge(Control.load_config)
+
+
+class SyncActing:
+    """Blocking twin of :class:`habitus.Acting`: the habitat as one principal sees it."""
+
+    def __init__(self, target: Acting, portal: _Portal) -> None:
+        self._target = target
+        self._portal = portal
+
+    @property
+    def principal(self) -> str:
+        """The principal every call acts as."""
+        return self._target.principal
+
+    @property
+    def on_behalf_of(self) -> str | None:
+        """The principal it acts for, if not itself."""
+        return self._target.on_behalf_of
+
+    send = _bridge(Acting.send)
+    publish = _bridge(Acting.publish)
+    request = _bridge(Acting.request)
+    spawn = _bridge(Acting.spawn)
+    state = _bridge(Acting.state)
+    suspend = _bridge(Acting.suspend)
+    resume = _bridge(Acting.resume)
+    retire = _bridge(Acting.retire)
+    append = _bridge(Acting.append)
+    authorize = _bridge(Acting.authorize)
+    grant = _bridge(Acting.grant)
+    revoke = _bridge(Acting.revoke)
+    approve = _bridge(Acting.approve)
+    reject = _bridge(Acting.reject)
+
+    def memory(self, agent: str | None = None) -> SyncAgentMemory:
+        """An agent's memory used as this principal (see :meth:`Acting.memory`)."""
+        return SyncAgentMemory(self._target.memory(agent), self._portal)
+
+
 class SyncHabitat:
     """Blocking twin of :class:`habitus.Habitat`.
 
@@ -159,6 +241,11 @@ class SyncHabitat:
         self._portal = portal
         self.ledger = SyncLedger(habitat.ledger, portal)
         self.memories = SyncMemories(habitat.memories, portal)
+        self.control = SyncControl(habitat.control, portal)
+
+    def acting_as(self, principal: str, *, on_behalf_of: str | None = None) -> SyncActing:
+        """The habitat as ``principal`` sees it (see :meth:`Habitat.acting_as`)."""
+        return SyncActing(self._habitat.acting_as(principal, on_behalf_of=on_behalf_of), self._portal)
 
     def memory(self, agent: str) -> SyncAgentMemory:
         """One agent's memory (see :meth:`Habitat.memory`)."""

@@ -265,3 +265,40 @@ async def test_a_rule_can_make_erasing_memories_wait_for_a_human(settings: Setti
         assert (await hab.ledger.get(record.id)).erased
     finally:
         await hab.close()
+
+
+async def test_a_grant_that_wants_approval_holds_each_message_until_a_human_agrees(settings: Settings) -> None:
+    hab = await _open(settings, app=False)
+    try:
+        await hab.agents.spawn("scout", behaviour="Operator", owner="human:alice")
+        await hab.acting_as("human:alice").grant("source:gate", "message:send", "agent:scout", approval=True)
+        sending = asyncio.create_task(hab.acting_as("source:gate").send("scout", "open me"))
+        approval = await _pending(hab)
+        assert (approval.principal, approval.action, approval.resource) == (
+            "source:gate", "message:send", "agent:scout",
+        )  # fmt: skip
+        assert hab.messages.depth("scout") == 0  # not queued while it waits
+        await hab.acting_as("human:alice").approve(approval.id)
+        sent = await sending
+        assert sent.meta["trust"] == "untrusted" and hab.messages.depth("scout") == 1
+    finally:
+        await hab.close()
+
+
+async def test_two_readers_of_the_inbox_record_a_decision_once(settings: Settings) -> None:
+    hab = await _open(settings, app=False)
+    try:
+        await hab.agents.spawn("scout", behaviour="Operator", owner="human:alice")
+        await _prepare(hab)
+        with pytest.raises(ApprovalPendingError):
+            await hab.acting_as("agent:scout").authorize("tool:call", "shell", timeout=0.01)
+        (approval,) = hab.control.approvals()
+        hab.control.post_decision(approval.id, "approved", by="human:alice", reason=None)
+        done = await asyncio.gather(hab.control.process_inbox(), hab.control.process_inbox())
+        assert sorted(done) == [0, 1]
+        assert len((await hab.ledger.query(kind="approval.decided")).events) == 1
+        assert not list((settings.path / "inbox").iterdir())  # nothing refused, nothing left
+        with pytest.raises(InvalidRequestError, match="decision"):
+            hab.control.post_decision(approval.id, "maybe", by="human:alice", reason=None)  # type: ignore[arg-type]
+    finally:
+        await hab.close()

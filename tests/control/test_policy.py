@@ -199,6 +199,10 @@ async def test_short_resource_names_mean_what_the_issue_says(hab: Habitat) -> No
     assert hab.control.decide("agent:scout", "model:use", "model:local/llama").allowed
     assert not hab.control.decide("agent:scout", "model:use", "model:openai/gpt").allowed
     assert hab.control.decide("agent:scout", "memory:read", "scope:group:team-a").allowed
+    # and asking in the short form means the same as granting in it
+    assert hab.control.decide("agent:scout", "tool:call", "shell").allowed
+    assert hab.control.decide("agent:scout", "memory:read", "team-a").allowed
+    assert not hab.control.decide("agent:scout", "tool:call", "python").allowed
 
 
 async def test_policy_loaded_from_configuration_is_recorded_once(settings: Settings) -> None:

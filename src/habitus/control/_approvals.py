@@ -36,7 +36,7 @@ from habitus.ledger._rows import as_uuid
 
 if TYPE_CHECKING:
     from habitus.agents._registry import Agents
-    from habitus.control._rules import Decision
+    from habitus.control._rules import Capability, Decision
     from habitus.ledger._ledger import Ledger
     from habitus.storage._sqlite import SQLiteStore
 
@@ -88,6 +88,7 @@ class _Approvals:
     if TYPE_CHECKING:
 
         def _load(self) -> None: ...
+        def capabilities(self, subject: str | None = None) -> list[Capability]: ...
         def _writable(self) -> None: ...
         def decide(
             self, principal: str, action: str, resource: str, *, on_behalf_of: str | None = None
@@ -101,6 +102,10 @@ class _Approvals:
         self._approval_keys: dict[str, str] = {}
         self._waiters: dict[str, asyncio.Event] = {}
         self.inbox = None
+        # Deciding checks "still pending" and then appends: two deciders at once (the runtime's look at
+        # the inbox and a waiting agent's) must not both record the same decision.
+        self._deciding = asyncio.Lock()
+        self._inboxing = False
 
     # -- asking -----------------------------------------------------------------------------
 
@@ -185,6 +190,12 @@ class _Approvals:
     async def _decide(
         self, approval: str | uuid.UUID, decision: Literal["approved", "rejected"], by: str, reason: str | None
     ) -> Approval:
+        async with self._deciding:
+            return await self._decide_now(approval, decision, by, reason)
+
+    async def _decide_now(
+        self, approval: str | uuid.UUID, decision: Literal["approved", "rejected"], by: str, reason: str | None
+    ) -> Approval:
         check_principal(by, what="by")
         if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
             raise InvalidRequestError("reason must be a string of at most 1000 characters")
@@ -199,8 +210,8 @@ class _Approvals:
         if by != "system":
             if by == current.principal or (current.on_behalf_of is not None and by == current.on_behalf_of):
                 await self.deny(by, "approval:decide", current.principal, "nobody approves their own request")
-            verdict = self.decide(by, "approval:decide", current.principal)
-            if not verdict.allowed:
+            if not self._may_decide(by, current):
+                verdict = self.decide(by, "approval:decide", current.principal)
                 await self.deny(by, "approval:decide", current.principal, verdict.reason)
         meta: dict[str, Any] = {"approval": aid, "decision": decision}
         if reason:
@@ -208,6 +219,27 @@ class _Approvals:
         await self._ledger.append("approval.decided", actor=by, meta=meta, causes=[uuid.UUID(aid)])
         self._load()
         return self._approvals[aid]
+
+    def _may_decide(self, by: str, request: Approval) -> bool:
+        """Whether ``by`` may decide ``request``: it may decide for the requester (its owner, or
+        granted ``approval:decide``), it owns the agent the request is about, or it granted the
+        capability that makes the request wait."""
+        if self.decide(by, "approval:decide", request.principal).allowed:
+            return True
+        resource = request.resource
+        target = (
+            resource[6:]
+            if resource.startswith("agent:")
+            else resource[12:]
+            if resource.startswith("scope:agent:")
+            else None
+        )
+        if target is not None and self._agents.owner(target) == by:
+            return True
+        return any(
+            cap.approval and cap.granted_by == by and cap.applies(request.principal, request.action, resource)
+            for cap in self.capabilities(request.principal)
+        )
 
     def approvals(self, *, status: ApprovalStatus | None = "pending") -> list[Approval]:
         """Requests in the order they were made; ``status=None`` for all of them."""
@@ -236,6 +268,10 @@ class _Approvals:
         if self.inbox is None:
             raise InvalidRequestError("this habitat has no inbox")
         check_principal(by, what="by")
+        if decision not in ("approved", "rejected"):
+            raise InvalidRequestError(f"decision must be 'approved' or 'rejected', not {decision!r}")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            raise InvalidRequestError("reason must be a string of at most 1000 characters")
         aid = str(as_uuid(str(approval)))
         self.inbox.mkdir(exist_ok=True)
         body = {"approval": aid, "decision": decision, "by": by, "reason": reason}
@@ -253,8 +289,17 @@ class _Approvals:
         """
         if self.inbox is None or self._store.read_only or not self.inbox.is_dir():
             return 0
+        if self._inboxing:
+            return 0  # another task is reading it right now
+        self._inboxing = True
+        try:
+            return await self._read_inbox(self.inbox)
+        finally:
+            self._inboxing = False
+
+    async def _read_inbox(self, inbox: Path) -> int:
         done = 0
-        for file in sorted(self.inbox.glob("*.json")):
+        for file in sorted(inbox.glob("*.json")):
             try:
                 body = json.loads(file.read_text(encoding="utf-8"))
                 decision = body["decision"]

@@ -112,7 +112,7 @@ class Control(_Approvals, _Budgets):
             if known is not None:
                 return known
         self._load()
-        decision = self._evaluate(principal, action, resource, on_behalf_of)
+        decision = self._evaluate(principal, action, normalise_resource(action, resource), on_behalf_of)
         # Every send and delivery asks: remember what was allowed until the policy or an agent's status
         # changes (both clear it). Refusals are not kept (an agent spawned later changes them), nor
         # answers a hook or a lapsing grant gave, nor a read-only handle's (another process writes).
@@ -219,15 +219,39 @@ class Control(_Approvals, _Budgets):
         on_behalf_of: str | None = None,
         error: type[PolicyDeniedError] = PolicyDeniedError,
     ) -> Decision:
-        """Allow, or record a ``policy.denied`` event and raise; approvals are :meth:`authorize`'s job.
+        """Allow, or record a ``policy.denied`` event and raise; where a human must approve, ask and wait.
 
         Raises:
             PolicyDeniedError: (or ``error``) naming the principal, the action, the resource and why.
+            ApprovalRejectedError: A human rejected it.
         """
         decision = self.decide(principal, action, resource, on_behalf_of=on_behalf_of)
         if not decision.allowed:
             await self.deny(principal, action, resource, decision.reason, error=error)
+        if decision.approval:
+            await self.approved(principal, action, resource, on_behalf_of=on_behalf_of, error=error)
         return decision
+
+    async def approved(
+        self,
+        principal: str,
+        action: str,
+        resource: str,
+        *,
+        on_behalf_of: str | None = None,
+        detail: Any = None,
+        timeout: float | None = None,
+        error: type[PolicyDeniedError] = PolicyDeniedError,
+    ) -> None:
+        """Wait for a human's approval of an allowed action, then check again (the wait may be long:
+        a principal suspended, or a grant revoked, meanwhile is refused)."""
+        normalised = normalise_resource(action, resource)
+        await self.await_approval(
+            principal, action, normalised, on_behalf_of=on_behalf_of, detail=detail, timeout=timeout
+        )
+        again = self.decide(principal, action, normalised, on_behalf_of=on_behalf_of)
+        if not again.allowed:
+            await self.deny(principal, action, normalised, again.reason, error=error)
 
     async def authorize(
         self,
@@ -251,13 +275,11 @@ class Control(_Approvals, _Budgets):
             ApprovalPendingError: ``timeout`` passed with no decision (the request stays queued).
         """
         resource = normalise_resource(action, resource)
-        decision = await self.require(principal, action, resource, on_behalf_of=on_behalf_of)
+        decision = self.decide(principal, action, resource, on_behalf_of=on_behalf_of)
+        if not decision.allowed:
+            await self.deny(principal, action, resource, decision.reason)
         if decision.approval:
-            await self.await_approval(
-                principal, action, resource, on_behalf_of=on_behalf_of, detail=detail, timeout=timeout
-            )
-            # The wait may have been long: a principal suspended (or a grant revoked) meanwhile is refused now.
-            await self.require(principal, action, resource, on_behalf_of=on_behalf_of)
+            await self.approved(principal, action, resource, on_behalf_of=on_behalf_of, detail=detail, timeout=timeout)
         return decision
 
     async def deny(
@@ -368,7 +390,9 @@ class Control(_Approvals, _Budgets):
         self._load()
         cap = self._caps.get(str(as_uuid(capability)))
         if cap is None:
-            raise InvalidRequestError(f"no capability {str(capability)!r}; list them with capabilities()")
+            raise InvalidRequestError(
+                f"no capability {str(capability)!r}; list them with capabilities() or 'habitus capabilities'"
+            )
         self._writable()
         if by not in ("system", cap.granted_by):
             await self.deny(by, "capability:revoke", cap.subject, f"it was granted by {cap.granted_by}, not {by}")

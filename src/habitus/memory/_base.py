@@ -111,10 +111,9 @@ class _MemoryView:
         if not decision.allowed:
             await self._deny(action, scope, decision.reason)
         if decision.approval:  # an approval rule covers it (erasing memories, say): ask a human and wait
-            await control.await_approval(self.principal, action, resource, on_behalf_of=self._on_behalf_of)
-            again = control.decide(self.principal, action, resource, on_behalf_of=self._on_behalf_of)
-            if not again.allowed:
-                await self._deny(action, scope, again.reason)
+            await control.approved(
+                self.principal, action, resource, on_behalf_of=self._on_behalf_of, error=ScopeDeniedError
+            )
 
     async def _deny(self, action: str, scope: str, reason: str | None = None) -> None:
         why = reason or f"no capability lets {self.principal} {action} scope:{scope}"

@@ -191,6 +191,8 @@ class Messenger:
                 decision = control.decide(sender, "message:send", recipient, on_behalf_of=on_behalf_of)
                 if not decision.allowed:
                     await control.deny(sender, "message:send", recipient, decision.reason)
+                if decision.approval:  # a grant or rule that wants a human for each message
+                    await control.approved(sender, "message:send", recipient, on_behalf_of=on_behalf_of)
             depth = self.depth(to_agent)
             # (counting this transaction's own mail for the agent only matters near the capacity)
             if depth + len(tx.ops) >= self._capacity and depth + _staged_for(tx, to_agent) >= self._capacity:
