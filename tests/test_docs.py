@@ -103,3 +103,20 @@ def test_the_agent_examples_define_working_apps(tmp_path: Path) -> None:
             return str(reply.body)
 
     assert asyncio.run(greet()) == "hello Ada, visitor number 1"
+
+
+def test_readme_control_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = README.read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL) if "acting_as" in b)
+    monkeypatch.chdir(tmp_path)
+    for env in [k for k in __import__("os").environ if k.startswith("HABITUS_")]:
+        monkeypatch.delenv(env)
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "agent:helper may not memory:read scope:agent:scout: "
+        "no capability lets agent:helper memory:read scope:agent:scout",
+        "The spare key is under the blue pot",
+    ]
