@@ -271,3 +271,29 @@ async def test_erasure_is_for_ones_own_events_and_ones_agents(hab: Habitat) -> N
     memory = await hab.memory("scout").remember("a memory")
     with pytest.raises(InvalidRequestError, match="forget it"):
         await hab.acting_as("agent:scout").erase(memory.id, reason="wrong door")
+
+
+async def test_suspending_an_agent_stops_a_handler_already_running(hab: Habitat) -> None:
+    app = App("slow")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.behaviour
+    class Slow(Agent):
+        async def on_message(self, msg: Message) -> None:
+            started.set()
+            await release.wait()
+            self.ctx.emit("note.recorded", content="after the suspension")
+
+    app.agent("slowpoke", "Slow", owner="human:alice")
+    await hab.start(app, options=FAST)
+    await hab.messages.send("slowpoke", "go", sender="human:alice")
+    await asyncio.wait_for(started.wait(), 10)
+    await hab.agents.suspend("slowpoke", by="human:alice", reason="kill switch")
+    release.set()
+    for _ in range(500):
+        if any(d[0] == "agent:slowpoke" for d in await _denials(hab)):
+            break
+        await asyncio.sleep(0.02)
+    assert ("agent:slowpoke", "ledger:append", "kind:note.recorded") in await _denials(hab)
+    assert (await hab.ledger.query(kind="note.recorded")).events == []
+    assert hab.messages.depth("slowpoke") == 1  # kept for when it is resumed

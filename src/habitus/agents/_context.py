@@ -241,10 +241,14 @@ class AgentContext:
             PolicyDeniedError: ``kind`` is one only Habitus appends (``message.*``,
                 ``capability.*``...); send, remember or ask the control layer instead.
         """
+        control = self._messenger.control
         if kind.startswith(RESERVED_KINDS):
-            raise self._messenger.control.refuse_soon(
+            raise control.refuse_soon(
                 self.principal, "ledger:append", f"kind:{kind}", "only Habitus appends this kind; use its API"
             )
+        decision = control.decide(self.principal, "ledger:append", f"kind:{kind}")
+        if not decision.allowed:  # suspended while this handler runs, say
+            raise control.refuse_soon(self.principal, "ledger:append", f"kind:{kind}", decision.reason)
         return self._transaction.append(kind, actor=self.principal, content=content, meta=meta, causes=causes, at=at)
 
     async def authorize(
