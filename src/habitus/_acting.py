@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from habitus._acting_manage import _Managing
+from habitus._acting_read import _Reading
 from habitus.agents._registry import agent_id
 from habitus.control._rules import RESERVED_KINDS, check_principal
 from habitus.errors import InvalidRequestError
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Acting"]
 
 
-class Acting:
+class Acting(_Reading, _Managing):
     """The habitat as ``principal`` sees it (``hab.acting_as("human:ada")``).
 
     Every method acts as the principal (and, with ``on_behalf_of``, for the

@@ -11,6 +11,7 @@ from habitus.control._budgets import Budget, Meter
 from habitus.control._config import BudgetRule, ControlConfig, GrantRule, RuleRef
 from habitus.control._control import Control, PolicyHook, PolicyRequest, TrustLabel
 from habitus.control._rules import ACTIONS, RESERVED_KINDS, Capability, Decision
+from habitus.control._tokens import TokenInfo, Tokens
 
 __all__ = [
     "ACTIONS",
@@ -28,5 +29,7 @@ __all__ = [
     "PolicyHook",
     "PolicyRequest",
     "RuleRef",
+    "TokenInfo",
+    "Tokens",
     "TrustLabel",
 ]

@@ -36,6 +36,7 @@ from habitus.control._rules import (
     matches,
     normalise_resource,
 )
+from habitus.control._tokens import Tokens
 from habitus.errors import InvalidRequestError, PolicyDeniedError, ReadOnlyHabitatError
 from habitus.ledger._codec import from_micros, to_micros
 from habitus.ledger._rows import as_uuid
@@ -102,6 +103,8 @@ class Control(_Approvals, _Budgets):
         self._init_budgets()
         ledger.on_commit(self._committed)
         agents.listen(self._forget_decisions)
+        self.tokens = Tokens(ledger, store)
+        """Tokens bound to principals, for the server and MCP over HTTP."""
 
     # -- deciding ---------------------------------------------------------------------------
 
