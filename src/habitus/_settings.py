@@ -42,6 +42,8 @@ class Settings(BaseModel):
         embeddings_key: API key for that endpoint (prefer ``HABITUS_EMBEDDINGS_KEY`` to a file).
         memory_capacity: Most memories one agent keeps (0: no limit); beyond it the
             least valuable (by importance and recency) are forgotten.
+        server_host: Address ``habitus serve`` and ``habitus up`` listen on (loopback by default).
+        server_port: Their port.
         control: Grants, approval rules, budgets and trust labels (the ``[control]``
             table of ``habitus.toml``), recorded as events when the habitat opens for writing.
     """
@@ -61,6 +63,8 @@ class Settings(BaseModel):
     embeddings_url: str | None = None
     embeddings_key: str | None = None
     memory_capacity: int = Field(default=0, ge=0)
+    server_host: str = Field(default="127.0.0.1", min_length=1)
+    server_port: int = Field(default=7077, ge=0, le=65535)
     control: ControlConfig = Field(default_factory=ControlConfig)
 
     @classmethod
