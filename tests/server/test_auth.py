@@ -54,3 +54,21 @@ async def test_unknown_routes_and_methods_answer_json(served: Served) -> None:
         assert missing.status_code == 404 and missing.json()["error"] == "NotFound"
         wrong = await alice.delete("/v1/whoami")
         assert wrong.status_code == 405 and wrong.json()["error"] == "MethodNotAllowed"
+
+
+async def test_events_are_appended_as_the_caller_and_reserved_kinds_are_refused(served: Served) -> None:
+    async with served.client("agent:scout") as scout:
+        made = await scout.post("/v1/events", json={"kind": "note.recorded", "content": "the gate is open"})
+        assert made.status_code == 201, made.text
+        event = made.json()
+        assert event["actor"] == "agent:scout" and event["content"] == "the gate is open"
+        forged = await scout.post(
+            "/v1/events", json={"kind": "capability.granted", "meta": {"subject": "agent:scout", "action": "*"}}
+        )
+        assert forged.status_code == 403 and forged.json()["error"] == "PolicyDeniedError"
+        for bad in ({"kind": "no.such.kind", "content": "x"}, {"kind": "note.recorded"}, {"content": "x"}):
+            response = await scout.post("/v1/events", json=bad)
+            assert 400 <= response.status_code < 500, (bad, response.status_code, response.text)
+            assert response.json()["message"]
+    stored = await served.hab.ledger.get(event["id"])
+    assert stored.actor == "agent:scout"
