@@ -49,7 +49,7 @@ def test_readme_starts_with_exactly_two_commands() -> None:
     first_block = re.search(r"```sh\n(.*?)```", text, flags=re.DOTALL)
     assert first_block is not None and text.index("```sh") < text.index("\n## ")
     commands = [line for line in first_block.group(1).splitlines() if line.strip()]
-    assert [c.split("#")[0].strip() for c in commands] == ["./dev demo", "./dev test"]
+    assert [c.split("#")[0].strip() for c in commands] == ["./dev up", "./dev test"]
     assert (README.parent / ".ci" / "run").read_text().count("./dev test") == 1
 
 
