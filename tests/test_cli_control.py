@@ -204,7 +204,7 @@ def test_approvals_are_listed_approved_and_rejected(hab: Callable[..., Result], 
     again = hab("approvals", "approve", first)
     assert again.exit_code == 2 and f"already approved by {me}" in again.output
     unknown = hab("approvals", "approve", str(uuid.uuid4()))
-    assert unknown.exit_code == 2 and "no approval request" in unknown.output
+    assert unknown.exit_code == 3 and "no approval request" in unknown.output
 
     decided = events(tmp_path / "hab", "approval.decided")
     assert [(e.actor, e.meta["decision"]) for e in decided] == [(me, "approved"), (me, "rejected")]
@@ -288,7 +288,7 @@ def test_a_decision_nobody_looks_at_stays_queued_in_the_inbox(hab: Callable[...,
         assert len(list((path / "inbox").glob("*.json"))) == 1
         assert approval_ids(hab) == [request]
         unknown = hab("approvals", "reject", str(uuid.uuid4()), "--by", "human:ada")
-        assert unknown.exit_code == 2 and "no approval request" in unknown.output  # checked before queueing
+        assert unknown.exit_code == 3 and "no approval request" in unknown.output  # checked before queueing
         assert len(list((path / "inbox").glob("*.json"))) == 1
 
     with opened(path) as writer:  # the next process to open it for writing records what waits in the inbox

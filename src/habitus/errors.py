@@ -24,6 +24,7 @@ The hierarchy::
     │   └── ApprovalRejectedError     a human rejected the approval it waited for
     ├── HabitatUnavailableError       the habitat cannot do this right now
     │   ├── ApprovalPendingError      the approval it waits for was not decided in time
+    │   ├── NoAppRunningError         a request nothing in this process can answer (no app runs)
     │   ├── EmbedderError             the embedding model or endpoint failed or is missing
     │   ├── HabitatNotFoundError      no habitat at that path
     │   ├── HabitatExistsError        init over an existing habitat
@@ -68,6 +69,7 @@ __all__ = [
     "MailboxFullError",
     "MemoryNotFoundError",
     "MessagingError",
+    "NoAppRunningError",
     "PolicyDeniedError",
     "ReadOnlyHabitatError",
     "RequestTimeoutError",
@@ -179,6 +181,10 @@ class HabitatUnavailableError(HabitatError):
     """The habitat exists but cannot serve this request in its current state."""
 
 
+class NoAppRunningError(HabitatUnavailableError):
+    """A request was made where no app runs to answer it; nothing was sent."""
+
+
 class ApprovalPendingError(HabitatUnavailableError):
     """No human decided the approval in time; the request stays in the queue."""
 
@@ -248,6 +254,7 @@ ERROR_TABLE: dict[type[HabitatError], ErrorCode] = {
     BudgetExceededError: ErrorCode(8, 429),
     ApprovalRejectedError: ErrorCode(8, 403),
     ApprovalPendingError: ErrorCode(4, 409),
+    NoAppRunningError: ErrorCode(4, 409),
     HabitatUnavailableError: ErrorCode(4, 503),
     EmbedderError: ErrorCode(4, 503),
     HabitatNotFoundError: ErrorCode(3, 404),

@@ -68,7 +68,7 @@ class Message(BaseModel):
         event: The underlying ledger event.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
     id: uuid.UUID
     seq: int

@@ -171,9 +171,11 @@ class Runtime:
         self._agents.listen(self._on_lifecycle)
         self._spawn_task(self._timer_loop())
         self._on_mail(set(await asyncio.to_thread(self._store.agents_with_mail)))
+        self._messenger.answering = True
 
     async def stop(self) -> None:
         """Finish the deliveries in progress and stop."""
+        self._messenger.answering = False
         self._stopping = True
         self._timers_wake.set()
         for activation in list(self._active.values()):

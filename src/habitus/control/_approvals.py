@@ -28,6 +28,7 @@ from habitus.control._rules import check_principal
 from habitus.errors import (
     ApprovalPendingError,
     ApprovalRejectedError,
+    EventNotFoundError,
     InvalidRequestError,
     PolicyDeniedError,
 )
@@ -203,7 +204,7 @@ class _Approvals:
         aid = str(as_uuid(str(approval)))
         current = self._approvals.get(aid)
         if current is None:
-            raise InvalidRequestError(f"no approval request {aid!r}; list them with 'habitus approvals'")
+            raise EventNotFoundError(f"no approval request {aid!r}; list them with 'habitus approvals'")
         if current.status != "pending":
             raise InvalidRequestError(f"approval {aid} was already {current.status} by {current.decided_by}")
         self._writable()
@@ -256,7 +257,7 @@ class _Approvals:
         aid = str(as_uuid(str(approval)))
         found = self._approvals.get(aid)
         if found is None:
-            raise InvalidRequestError(f"no approval request {aid!r}; list them with 'habitus approvals'")
+            raise EventNotFoundError(f"no approval request {aid!r}; list them with 'habitus approvals'")
         return found
 
     # -- from other processes ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from habitus.agents._registry import Agents, agent_id
 from habitus.errors import (
     InvalidRequestError,
     MailboxFullError,
+    NoAppRunningError,
     PolicyDeniedError,
     RequestTimeoutError,
 )
@@ -55,6 +56,7 @@ class Messenger:
         self._depth_seq = 0
         self._waiting: dict[bytes, asyncio.Future[Message]] = {}
         self._subscriptions: dict[str, list[str]] | None = None  # pattern -> agents
+        self.answering = False  # an app runs in this process (the runtime sets it): requests can be answered
         agents.listen(self._lifecycle)
         ledger.on_commit(self._committed)
 
@@ -121,9 +123,15 @@ class Messenger:
 
         Raises:
             RequestTimeoutError: No reply within ``timeout`` seconds; names the recipient.
+            NoAppRunningError: No app runs in this process, so nothing could answer (nothing is sent).
         """
         if timeout <= 0:
             raise InvalidRequestError(f"timeout must be positive, not {timeout!r}")
+        if not self.answering:
+            raise NoAppRunningError(
+                f"no app is running in this process to answer a request to {to!r}; start one "
+                "(hab.start(app), 'habitus run', or 'habitus serve --app') and ask again; nothing was sent"
+            )
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         async with self._ledger.transaction() as tx:
             message_id = await self.stage_send(

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from habitus._acting import Acting
 from habitus._habitat import Habitat
 from habitus._version import __version__
-from habitus.errors import HabitatError, error_code
+from habitus.errors import HabitatError, PolicyDeniedError, error_code
 
 __all__ = ["ErrorBody", "actor", "create_app", "habitat_of"]
 
@@ -97,6 +97,7 @@ def create_app(habitat: Habitat, *, dev_principal: str | None = None, title: str
         version=__version__,
         description="The HTTP API of a Habitus habitat. Every request acts as its token's principal.",
         lifespan=lifespan,
+        responses={400: {"description": "The request is malformed (a body that is not JSON, say)."}},
     )
     app.state.habitat = habitat
     app.state.dev_principal = dev_principal
@@ -106,7 +107,10 @@ def create_app(habitat: Habitat, *, dev_principal: str | None = None, title: str
         status = error_code(exc).http_status
         if status >= 500:
             log.error("request %s %s failed: %s", request.method, request.url.path, exc)
-        return JSONResponse(ErrorBody(type(exc).__name__, str(exc)), status_code=status)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, PolicyDeniedError):  # who was refused what, on which resource, as fields too
+            extra = {k: v for k in ("principal", "action", "resource") if (v := getattr(exc, k)) is not None}
+        return JSONResponse(ErrorBody(type(exc).__name__, str(exc), **extra), status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

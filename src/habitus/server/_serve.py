@@ -9,10 +9,12 @@ import signal
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
 from habitus._habitat import Habitat
 from habitus.errors import InvalidRequestError
 from habitus.server._app import create_app
+from habitus.server._routes._events import stop_streams
 
 __all__ = ["is_loopback", "serve"]
 
@@ -50,7 +52,7 @@ async def serve(
         )
     app = create_app(hab, dev_principal=dev_principal)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
-    server = _Server(config)
+    server = _Server(config, app)
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:  # stop gracefully on either, so the habitat is closed and its checkpoint signed
@@ -66,11 +68,16 @@ class _Server(uvicorn.Server):
     """uvicorn's server, minus its own signal handling: it re-raises a captured SIGTERM after
     shutting down, which would kill the process before the habitat is closed."""
 
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
     def ask_to_stop(self) -> None:
+        stop_streams(self.app)  # an open /v1/stream would otherwise keep shutdown waiting forever
         if self.should_exit:
             self.force_exit = True  # a second Ctrl-C: stop waiting for open connections
         self.should_exit = True
