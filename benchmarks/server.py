@@ -3,9 +3,12 @@
 * A habitat with one agent holding ``--memories`` memories (2,000, embedded by the
   configured embedder: the real model when installed) and a token for its owner.
 * HTTP: ``habitus serve`` in a child process on a loopback port; ``--clients`` (50)
-  concurrent httpx clients in this process, each doing its share of ``--appends``
-  (5,000) ``POST /v1/events`` (a ``note.recorded`` as the owner) and then of ``--recalls``
-  (500) ``POST /v1/agents/{agent}/recall`` (a real question, ``k=10``).
+  concurrent keep-alive connections from this process, each doing its share of
+  ``--appends`` (5,000) ``POST /v1/events`` (a ``note.recorded`` as the owner) and then of
+  ``--recalls`` (500) ``POST /v1/agents/{agent}/recall`` (a real question, ``k=10``). The
+  client is a minimal HTTP/1.1 one over asyncio streams (request bytes out, a
+  Content-Length body in), so that the figure is the server's: httpx's own cost, about
+  0.5 ms a request, would otherwise share the two cores with it.
 * Library (the baseline): the same operations with the same concurrency through
   ``hab.acting_as(owner)`` (``append``, ``memory(agent).recall``) in this process, on the
   same habitat, after the server has stopped.
@@ -34,8 +37,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from _common import fail, log, pct
 from habitus import Habitat, Settings
@@ -103,28 +104,76 @@ def start_server(path: Path) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError  # unreachable: fail() exits
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: enough client to measure the server, nothing more."""
+
+    def __init__(self, host: str, port: int, secret: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {secret}\r\n"
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.used = time.monotonic()
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        if time.monotonic() - self.used > 3:  # uvicorn closes connections idle for 5 s: open a fresh one
+            self.close()
+            await self.open()
+        self.used = time.monotonic()
+        data = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + data)
+        await self.writer.drain()
+        status_and_headers = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(status_and_headers.split(b" ", 2)[1])
+        length = re.search(rb"content-length: *(\d+)", status_and_headers, re.IGNORECASE)
+        if length is None:
+            fail(f"a response without Content-Length: {status_and_headers[:200]!r}")
+            raise AssertionError  # unreachable: fail() exits
+        return status, await self.reader.readexactly(int(length.group(1)))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def over_http(base: str, secret: str, args: argparse.Namespace) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {secret}"}
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120) as client:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    pool: asyncio.Queue[_Connection] = asyncio.Queue()
+    for _ in range(args.clients):
+        connection = _Connection(host, int(port), secret)
+        await connection.open()
+        pool.put_nowait(connection)
 
-        async def append(i: int) -> None:
-            response = await client.post("/v1/events", json={"kind": "note.recorded", "content": f"http note {i}"})
-            if response.status_code != 201:
-                fail(f"append over HTTP answered {response.status_code}: {response.text[:200]}")
+    async def call(path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        connection = await pool.get()
+        try:
+            return await connection.post(path, body)
+        finally:
+            pool.put_nowait(connection)
 
-        async def recall(i: int) -> None:
-            body = {"query": QUESTIONS[i % len(QUESTIONS)], "k": 10}
-            response = await client.post(f"/v1/agents/{AGENT}/recall", json=body)
-            if response.status_code != 200 or not response.json()["hits"]:
-                fail(f"recall over HTTP answered {response.status_code}: {response.text[:200]}")
+    async def append(i: int) -> None:
+        status, text = await call("/v1/events", {"kind": "note.recorded", "content": f"http note {i}"})
+        if status != 201:
+            fail(f"append over HTTP answered {status}: {text[:200]!r}")
 
+    async def recall(i: int) -> None:
+        status, text = await call(f"/v1/agents/{AGENT}/recall", {"query": QUESTIONS[i % len(QUESTIONS)], "k": 10})
+        if status != 200 or not json.loads(text)["hits"]:
+            fail(f"recall over HTTP answered {status}: {text[:200]!r}")
+
+    try:
         await append(-1)
         await recall(-1)  # warm: the model loaded, the index built
         single_append, _ = await timed_concurrently(1, args.single, append)
         single_recall, _ = await timed_concurrently(1, args.single // 4, recall)
         appends, append_s = await timed_concurrently(args.clients, args.appends, append)
         recalls, recall_s = await timed_concurrently(args.clients, args.recalls, recall)
+    finally:
+        while not pool.empty():
+            pool.get_nowait().close()
     log(f"HTTP: {args.appends / append_s:.0f} appends/s, {args.recalls / recall_s:.1f} recalls/s")
     return {
         "http_append_p50_ms": pct(appends, 0.5),
