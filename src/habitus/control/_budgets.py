@@ -61,6 +61,8 @@ class _Budgets:
     _store: SQLiteStore
     _agents: Agents
 
+    _loaded: bool
+
     if TYPE_CHECKING:
 
         def _load(self) -> None: ...
@@ -143,6 +145,8 @@ class _Budgets:
                 limit; recorded as ``budget.exceeded``, nothing staged.
         """
         if not self._budget_rules:
+            if self._loaded and not self._store.read_only:
+                return  # no budgets at all (the usual case): nothing to count
             self._load()
             if not self._budget_rules:
                 return

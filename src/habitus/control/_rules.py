@@ -62,6 +62,8 @@ RESERVED_KINDS = (
 _PRINCIPAL = re.compile(r"^(?:system|(?:agent|human|service|source):[^\s:][^\s]{0,255})$")
 _ACTION = re.compile(r"^[a-z_*][a-z0-9_*]{0,31}:[a-z_*][a-z0-9_*]{0,31}$")
 _PREFIXED = re.compile(r"^[a-z]+:")
+_SPACE = re.compile(r"\s")
+_PLAIN = {family: family + ":" for family in ("agent", "topic", "tool", "model", "kind")}
 
 
 def check_principal(principal: str, *, what: str = "principal", pattern: bool = False) -> str:
@@ -100,11 +102,13 @@ def normalise_resource(action: str, resource: str) -> str:
     Raises:
         InvalidRequestError: An empty or over-long resource.
     """
-    if not isinstance(resource, str) or not 1 <= len(resource) <= 512 or any(c.isspace() for c in resource):
+    if not isinstance(resource, str) or not 1 <= len(resource) <= 512 or _SPACE.search(resource):
         raise InvalidRequestError(f"resource must be 1-512 characters without spaces, not {resource!r}")
     if resource == "*":
         return resource
     family = ACTIONS.get(action)
+    if family in _PLAIN and resource.startswith(_PLAIN[family]):
+        return resource  # already in the form asked for (every check on the hot paths is)
     if family is None:
         return resource
     if family == "scope":
