@@ -91,6 +91,7 @@ class Control(_Approvals, _Budgets):
         self._hooks: list[PolicyHook] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._memo: dict[tuple[str, str, str], Decision] = {}
+        self._owners_memo: dict[str, Decision] = {}
         self._memoable = not store.read_only
         self._lapsing = False
         self._index: dict[str, list[Capability]] | None = None
@@ -114,6 +115,10 @@ class Control(_Approvals, _Budgets):
             known = self._memo.get((principal, action, resource))
             if known is not None:
                 return known
+            if action == "message:send" and self._memoable and not self._hooks and not self._rules:
+                same = self._same_owner(principal, resource)  # the commonest question, answered by two owners
+                if same is not None:
+                    return same
         self._load()
         decision = self._evaluate(principal, action, normalise_resource(action, resource), on_behalf_of)
         # Every send and delivery asks: remember what was allowed until the policy or an agent's status
@@ -125,8 +130,26 @@ class Control(_Approvals, _Budgets):
             self._memo[(principal, action, resource)] = decision
         return decision
 
+    def _same_owner(self, principal: str, resource: str) -> Decision | None:
+        """For an agent messaging an agent: the default's answer, memoised by the pair of owners (the
+        exact pair of agents rarely repeats); None when the default does not settle it."""
+        if not (principal.startswith("agent:") and resource.startswith("agent:")) or not self._loaded:
+            return None
+        agents = self._agents
+        sender, recipient = principal[6:], resource[6:]
+        if agents.status(sender) not in ("spawned", "active"):
+            return None
+        owner = agents.owner(sender)
+        if owner is None or owner != agents.owner(recipient):
+            return None
+        decision = self._owners_memo.get(owner)
+        if decision is None:
+            decision = self._owners_memo[owner] = Decision(True, f"agents of the same owner ({owner})")
+        return decision
+
     def _forget_decisions(self, *_: object) -> None:
         self._memo.clear()
+        self._owners_memo.clear()
         self._lapsing = any(c.until for c in self._caps.values())
         self._memoable = not self._store.read_only and not self._lapsing
         self._index = None
