@@ -37,6 +37,7 @@ from habitus.control._rules import (
     normalise_resource,
 )
 from habitus.control._tokens import Tokens
+from habitus.control._trust import TrustLabel, _Trust
 from habitus.errors import InvalidRequestError, PolicyDeniedError, ReadOnlyHabitatError
 from habitus.ledger._codec import from_micros, to_micros
 from habitus.ledger._rows import as_uuid
@@ -63,9 +64,6 @@ class PolicyRequest:
 PolicyHook = Callable[[PolicyRequest], str | None]
 """An extra rule of the app's own: returns ``None`` to allow, or the reason for refusing."""
 
-TrustLabel = str
-"""``trusted`` or ``untrusted``."""
-
 _MEMO_MAX = 100_000
 _OWNER_ACTIONS = ("message:send", "state:read", "state:write", "agent:manage", "ledger:erase", "approval:decide")
 
@@ -73,7 +71,7 @@ _POLICY_KINDS = ("capability.granted", "capability.revoked", "approval.required"
                  "budget.set", "trust.labelled", "approval.requested", "approval.decided")  # fmt: skip
 
 
-class Control(_Approvals, _Budgets):
+class Control(_Approvals, _Budgets, _Trust):
     """Principals, capabilities, budgets, approvals and trust labels: the habitat's policy.
 
     Obtain it as :attr:`habitus.Habitat.control`. Defaults are safe and
@@ -463,36 +461,6 @@ class Control(_Approvals, _Budgets):
         """The (action, resource pattern) pairs that wait for a human."""
         self._load()
         return sorted(self._rules)
-
-    # -- trust ------------------------------------------------------------------------------
-
-    async def label(self, principal: str, label: TrustLabel, *, by: str = "system") -> None:
-        """Label content from principals matching ``principal`` ``trusted`` or ``untrusted``.
-
-        By default ``source:*`` (sensors, web pages, anything from outside) is
-        untrusted and every other principal trusted.
-        """
-        check_principal(principal, what="principal", pattern=True)
-        if label not in ("trusted", "untrusted"):
-            raise InvalidRequestError(f"label must be 'trusted' or 'untrusted', not {label!r}")
-        self._writable_by_system(by)
-        await self._ledger.append("trust.labelled", actor=by, meta={"principal": principal, "label": label})
-
-    def trust_of(self, principal: str) -> TrustLabel:
-        """The trust label content from ``principal`` carries (the most specific matching label wins)."""
-        if self._loaded and not self._trust and not self._store.read_only:  # no labels (the usual case)
-            return "untrusted" if principal.startswith("source:") else "trusted"
-        self._load()
-        found = self._trust.get(principal)
-        if found is not None:
-            return found
-        best: tuple[int, str] | None = None
-        for pattern, label in self._trust.items():
-            if matches(pattern, principal) and (best is None or len(pattern) > best[0]):
-                best = (len(pattern), label)
-        if best is not None:
-            return best[1]
-        return "untrusted" if principal.startswith("source:") else "trusted"
 
     # -- configuration ----------------------------------------------------------------------
 
