@@ -60,11 +60,9 @@ def build_app() -> App:
     return app
 
 
-@pytest.fixture
-async def hab(settings: Settings) -> AsyncIterator[Habitat]:
-    h = await Habitat.init(settings.path, settings=settings)
-    h.use_embedder(HashEmbedder(dim=64))
-    await h.start(build_app(), options=FAST)
+async def prepare(h: Habitat) -> None:
+    """The matrix's habitat: friend granted what alice may grant on scout (and a tool and a model by the
+    habitat), sleeper suspended, and a memory and a fact in scout's memory (shared with the HTTP matrix)."""
     alice = h.acting_as("human:alice")
     for action, resource in [
         ("message:send", "agent:scout"),
@@ -79,6 +77,14 @@ async def hab(settings: Settings) -> AsyncIterator[Habitat]:
     scout = h.memory("scout")
     await scout.remember("the north gate is locked at night")
     await scout.assert_fact("north gate", "state", "locked")
+
+
+@pytest.fixture
+async def hab(settings: Settings) -> AsyncIterator[Habitat]:
+    h = await Habitat.init(settings.path, settings=settings)
+    h.use_embedder(HashEmbedder(dim=64))
+    await h.start(build_app(), options=FAST)
+    await prepare(h)
     try:
         yield h
     finally:

@@ -18,7 +18,7 @@ from habitus import Habitat, Settings
 from habitus.memory import HashEmbedder
 from habitus.server import create_app
 from tests.control.test_isolation import ACTIONS as LIBRARY_ACTIONS
-from tests.control.test_isolation import EXPECTED, FAST, ROLES, build_app
+from tests.control.test_isolation import EXPECTED, FAST, ROLES, build_app, prepare
 
 
 @dataclass
@@ -33,17 +33,7 @@ async def matrix(settings: Settings) -> AsyncIterator[Matrix]:
     hab = await Habitat.init(settings.path, settings=settings)
     hab.use_embedder(HashEmbedder(dim=64))
     await hab.start(build_app(), options=FAST)
-    alice = hab.acting_as("human:alice")
-    for action, resource in [
-        ("message:send", "agent:scout"),
-        ("state:read", "agent:scout"),
-        ("memory:read", "scope:agent:scout"),
-        ("memory:write", "scope:agent:scout"),
-    ]:
-        await alice.grant("agent:friend", action, resource)
-    await hab.agents.suspend("sleeper", by="human:alice", reason="kill switch")
-    await hab.memory("scout").remember("the north gate is locked at night")
-    await hab.memory("scout").assert_fact("north gate", "state", "locked")
+    await prepare(hab)
     app = create_app(hab)
     clients: dict[str, httpx.AsyncClient] = {}
     for principal in ROLES.values():
