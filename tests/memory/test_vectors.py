@@ -346,13 +346,26 @@ def test_pca_index_reaches_095_recall_at_10_scoring_a_fraction_exactly() -> None
     keys = np.arange(7, 7 + len(vectors), dtype=np.int64)
     index = PCAIndex(DIM, keys, vectors)
     assert index.kind == "pca"
-    assert index.candidates * 4 < len(vectors)  # calibrated to a fraction: not secretly exact
     queries = spectral(100, seed=99)  # fresh draws around the same topics, not stored vectors
+    assert max(index.candidates_for(q) for q in queries) * 4 < len(vectors)  # a fraction: not secretly exact
     found = [len(set(keys_of(index.search(q, 10))) & set(brute_top(vectors, keys, q, 10))) / 10 for q in queries]
     assert np.mean(found) >= 0.95
     got_keys, got_scores = index.search(queries[0], 10)
     assert np.allclose(got_scores, vectors[got_keys - 7] @ queries[0], atol=1e-5)  # scores are exact
     assert list(got_scores) == sorted(got_scores, reverse=True)
+
+
+def test_pca_index_gives_a_query_it_cannot_see_more_candidates_up_to_every_row() -> None:
+    vectors = spectral(20_000, seed=4)
+    keys = np.arange(len(vectors), dtype=np.int64)
+    index = PCAIndex(DIM, keys, vectors)
+    along = spectral(1, seed=5)[0]  # like the stored vectors: mostly on their principal axes
+    centred = vectors[:5_000] - vectors[:5_000].mean(axis=0)
+    off = np.linalg.svd(centred, full_matrices=False)[2][-1]  # the direction they vary least along
+    blend = (along + 2.0 * off) / np.linalg.norm(along + 2.0 * off)
+    assert index.candidates_for(along) < index.candidates_for(blend) <= index.candidates_for(off)
+    assert index.candidates_for(off) == len(vectors)  # beyond every calibration query: scored exactly
+    assert keys_of(index.search(off, 10)) == brute_top(vectors, keys, off, 10)
 
 
 def test_pca_index_finds_adds_and_honours_exclusions_after_compaction() -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from habitus.memory._vectors import (
-    _CALIBRATION_QUERIES,
-    _TARGET_RECALL,
     IndexKind,
     Keys,
     Scores,
@@ -32,6 +30,19 @@ COMPONENTS = 96
 _SAMPLE = 65_536  # vectors the principal axes are computed from
 _CHUNK = 65_536  # rows per matrix product when projecting or calibrating: bounds the temporaries
 _SAMPLE_HITS = 64  # how many of the first pass's best rows the threshold's sample should hold
+_BLENDS = (0.9, 0.75, 0.6, 0.45, 0.3, 0.2, 0.1)  # cosine of each calibration query to the vector it is made from
+_PER_BLEND = 32
+_WINDOW = 48  # calibration queries either side of a query's place in the unseen order that set its candidates
+_CALIBRATED_RECALL = 0.99
+"""Of the neighbours of the calibration queries nearest a query in unseen ratio, the share its candidates must
+find. Measured at a million vectors: 0.97 gave 0.96 of the exact top 10 for real questions, 0.99 gave 0.98."""
+
+
+class _Axes(NamedTuple):
+    """Every principal axis of the data (columns of ``rotation``, largest variance first) and its variance."""
+
+    rotation: Vectors
+    variance: npt.NDArray[np.float32]
 
 
 class _ProjectedSegment(_Segment):
@@ -68,18 +79,25 @@ class PCAIndex(_SegmentedIndex):
     """Exact scores for the best candidates of a cheap first pass over every vector.
 
     The first pass scores every vector on its top :data:`COMPONENTS` principal axes (a
-    quarter of the bytes of a full scan); the ``candidates`` best of it are then scored
-    exactly and the best of those returned. Nothing is skipped by a guess about where the
-    neighbours are, so its recall does not depend on how the data clusters, only on how
-    much of a query's similarity the principal axes carry; and it builds in seconds (the
-    axes come from a sample), where a graph over a million vectors takes minutes.
+    quarter of the bytes of a full scan); the best candidates of it are then scored exactly
+    and the best of those returned. Nothing is skipped by a guess about where the neighbours
+    are, so recall does not depend on how the data clusters, only on how much of a query's
+    similarity the principal axes carry; and it builds in seconds (the axes come from a
+    sample), where a graph over a million vectors takes minutes.
 
-    ``candidates`` is calibrated at build, like the IVF's ``nprobe``: the fewest that give
-    :data:`_TARGET_RECALL` of the exact top 10 for hard queries, each a stored vector blended
-    with a random direction to a cosine of 0.6. A random direction lies mostly off the
-    principal axes, so these are harder for the first pass than real questions about the
-    stored texts (ADR 0004). A search for more than 10 takes at least twice as many
-    candidates as it wants.
+    How many candidates a query needs depends on how much of it the first pass cannot see:
+    its *unseen ratio*, the spread over the data of the part of its score the first pass
+    leaves out (the other axes, weighted by the data's variance on them) over the spread of
+    the part it keeps. A question about the stored texts lies mostly along the axes (0.2-0.4
+    on MiniLM-like data); a query unlike anything stored does not (0.7-0.95), and there a
+    handful of candidates would miss most of its neighbours. So the number is calibrated at
+    build, like the IVF's ``nprobe``, as a function of that ratio: stored vectors blended with
+    random directions, at cosines from 0.9 down to 0.1, give queries across the range; for
+    each, the rank in the first pass of each of its exact top 10 says how many candidates
+    would have found it; a query gets the fewest that found :data:`_CALIBRATED_RECALL` of the
+    neighbours of the calibration queries nearest to it in that ratio (never fewer than for
+    an easier query), and one beyond every calibration query is scored exactly throughout.
+    A search for more than 10 takes at least twice as many candidates as it wants.
 
     Adds are projected on the axes found at build; :class:`VectorSpace` rebuilds the index
     once it has grown :data:`_RETRAIN_GROWTH` times past :attr:`trained_size`. Removals
@@ -105,7 +123,8 @@ class PCAIndex(_SegmentedIndex):
             keys: One ``int64`` key per vector.
             vectors: The ``(n, dim)`` vectors, L2-normalised.
             components: Principal axes the first pass reads (at most ``dim``).
-            candidates: Rows scored exactly per search; calibrated by default (see above).
+            candidates: Rows scored exactly per search, for every query; by default calibrated
+                per query (see above).
             seed: Seeds the sample and the calibration queries.
 
         Raises:
@@ -118,14 +137,30 @@ class PCAIndex(_SegmentedIndex):
         rng = np.random.default_rng(seed)
         self.components = max(1, min(components, dim))
         sample = v[np.sort(rng.choice(len(v), size=min(len(v), _SAMPLE), replace=False))]
-        self._basis = _principal_axes(sample, self.components)
+        self._axes = _principal_axes(sample)
+        self._basis = np.ascontiguousarray(self._axes.rotation[:, : self.components])
         segment = self._projected = _ProjectedSegment(dim, self._basis)
         self._segments.append(segment)
         self.add(k, v)
         self.trained_size = len(k)
-        self.candidates = candidates or _calibrate(
-            segment.vecs[: segment.n], segment.proj[:, : segment.n], self._basis, rng
-        )
+        self._limits: npt.NDArray[np.float64] = np.array([np.inf])  # unseen ratios, ascending ...
+        self._counts: npt.NDArray[np.int64] = np.array([candidates or 0])  # ... and the candidates up to each
+        if not candidates:
+            self._limits, self._counts = _calibrate(
+                segment.vecs[: segment.n], segment.proj[:, : segment.n], self._axes, self.components, rng
+            )
+
+    def candidates_for(self, query: npt.ArrayLike) -> int:
+        """How many rows the first pass hands to exact scoring for ``query`` (every row: it is scored exactly).
+
+        Raises:
+            ValueError: the query is not ``dim`` long or holds NaN or infinity.
+        """
+        return self._candidates(_check_query(query, self._dim) @ self._axes.rotation, len(self))
+
+    def _candidates(self, coords: npt.NDArray[np.float32], n: int) -> int:
+        at = int(np.searchsorted(self._limits, _unseen(coords[None, :], self._axes.variance, self.components)[0]))
+        return n if at == len(self._limits) else min(n, int(self._counts[at]))
 
     def _route(self, vectors: Vectors) -> npt.NDArray[np.intp]:
         return np.zeros(len(vectors), dtype=np.intp)
@@ -145,11 +180,12 @@ class PCAIndex(_SegmentedIndex):
             vecs, keys, live, n = self._projected.view()
             proj = self._projected.proj
         want = k + len(exclude)
-        take = max(self.candidates, 2 * want)
+        coords = q @ self._axes.rotation
+        take = max(self._candidates(coords, n), 2 * want)
         if take * 2 >= n:  # the first pass would save nothing
             found_k, found_s = _score([(vecs, keys, live, n)], q, want)
         else:
-            rows = _best_rows((q @ self._basis) @ proj[:, :n], take)
+            rows = _best_rows(coords[: self.components] @ proj[:, :n], take)
             if live is not None:
                 rows = rows[live[rows]]
             # einsum, not a BLAS product: a few thousand rows are too few to split across threads, and on
@@ -164,11 +200,24 @@ class PCAIndex(_SegmentedIndex):
         return found_k[:k], found_s[:k]
 
 
-def _principal_axes(sample: Vectors, components: int) -> Vectors:
-    """The ``components`` directions of largest variance in ``sample``, as columns of a ``(dim, components)`` array."""
+def _principal_axes(sample: Vectors) -> _Axes:
+    """The principal axes of ``sample`` and the variance along each, largest first."""
     centred = sample - sample.mean(axis=0)
-    _, axes = np.linalg.eigh((centred.T @ centred).astype(np.float64))  # eigenvalues ascending
-    return np.ascontiguousarray(axes[:, ::-1][:, :components], dtype=np.float32)
+    variance, axes = np.linalg.eigh((centred.T @ centred).astype(np.float64) / len(sample))  # ascending
+    return _Axes(
+        np.ascontiguousarray(axes[:, ::-1], dtype=np.float32),
+        np.maximum(variance[::-1], 0.0).astype(np.float32),
+    )
+
+
+def _unseen(
+    coords: npt.NDArray[np.float32], variance: npt.NDArray[np.float32], components: int
+) -> npt.NDArray[np.float64]:
+    """Each query's unseen ratio (see :class:`PCAIndex`), from its coordinates on every principal axis."""
+    spread = coords.astype(np.float64) ** 2 * variance
+    kept = spread[:, :components].sum(axis=1)
+    unseen: npt.NDArray[np.float64] = np.sqrt(spread[:, components:].sum(axis=1) / np.maximum(kept, 1e-30))
+    return unseen
 
 
 def _best_rows(approx: npt.NDArray[np.floating[Any]], count: int) -> npt.NDArray[np.intp]:
@@ -191,18 +240,21 @@ def _best_rows(approx: npt.NDArray[np.floating[Any]], count: int) -> npt.NDArray
     return np.argpartition(-approx, count - 1)[:count]
 
 
-def _calibrate(vectors: Vectors, proj: Vectors, basis: Vectors, rng: np.random.Generator) -> int:
-    """The fewest candidates for :data:`_TARGET_RECALL` recall@10 on hard queries (see :class:`PCAIndex`).
+def _calibrate(
+    vectors: Vectors, proj: Vectors, axes: _Axes, components: int, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Unseen ratios, ascending, and the candidates a query up to each needs (see :class:`PCAIndex`).
 
-    A true neighbour is found exactly when fewer than ``candidates`` rows score above it in
-    the first pass, so recall at every number of candidates follows from each neighbour's
-    rank there, without searching once per candidate value.
+    A true neighbour is found exactly when fewer than the candidates score above it in the
+    first pass, so each neighbour's rank there says how many would find it, without searching
+    once per candidate value.
     """
     n, dim = vectors.shape
-    take = rng.choice(n, size=min(n, _CALIBRATION_QUERIES), replace=False)
+    take = rng.choice(n, size=min(n, _PER_BLEND * len(_BLENDS)), replace=False)
+    cosine = np.resize(np.array(_BLENDS, dtype=np.float32), len(take))[:, None]
     noise = rng.standard_normal((len(take), dim)).astype(np.float32)
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    queries = 0.6 * vectors[take] + 0.8 * noise
+    queries = cosine * vectors[take] + np.sqrt(1 - cosine**2) * noise
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     depth = min(10, n - 1)
     best_s = np.full((len(take), depth), -np.inf, dtype=np.float32)
@@ -215,11 +267,23 @@ def _calibrate(vectors: Vectors, proj: Vectors, basis: Vectors, rng: np.random.G
         top = np.argpartition(-both_s, depth - 1, axis=1)[:, :depth]
         best_s = np.take_along_axis(both_s, top, axis=1)
         best_i = np.take_along_axis(both_i, top, axis=1)
-    projected = queries @ basis
+    coords = queries @ axes.rotation
+    projected = np.ascontiguousarray(coords[:, :components])
     bar = np.einsum("qc,cqd->qd", projected, proj[:, best_i])  # each true neighbour's first-pass score
+    lowest = bar.min(axis=1)
     ahead = np.zeros(bar.shape, dtype=np.int64)
     for start in range(0, n, _CHUNK):
         first = projected @ proj[:, start : min(n, start + _CHUNK)]
-        ahead += (first[:, :, None] > bar[:, None, :]).sum(axis=1)
-    needed = np.sort(ahead.ravel() + 1)
-    return int(max(4 * depth, needed[math.ceil(_TARGET_RECALL * len(needed)) - 1]))
+        over = first > lowest[:, None]  # only rows above some neighbour can rank ahead of it
+        query, _ = np.nonzero(over)
+        above = first[over][:, None] > bar[query]
+        for j in range(depth):
+            ahead[:, j] += np.bincount(query, weights=above[:, j], minlength=len(take)).astype(np.int64)
+    unseen = _unseen(coords, axes.variance, components)
+    order = np.argsort(unseen, kind="stable")
+    needed = ahead[order] + 1
+    counts = np.empty(len(order), dtype=np.int64)
+    for i in range(len(order)):
+        near = np.sort(needed[max(0, i - _WINDOW) : i + _WINDOW + 1].ravel())
+        counts[i] = near[math.ceil(_CALIBRATED_RECALL * len(near)) - 1]
+    return unseen[order], np.maximum(np.maximum.accumulate(counts), 4 * depth)
