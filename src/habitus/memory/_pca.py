@@ -182,7 +182,9 @@ class PCAIndex(_SegmentedIndex):
         want = k + len(exclude)
         coords = q @ self._axes.rotation
         take = max(self._candidates(coords, n), 2 * want)
-        if take * 2 >= n:  # the first pass would save nothing
+        # Scoring a gathered row costs about 11 times a row of a full scan (measured at a million: 66,000
+        # candidates took 25 ms, the whole scan 33 ms), so past a twelfth of the rows a full scan is cheaper.
+        if take * 12 >= n:
             found_k, found_s = _score([(vecs, keys, live, n)], q, want)
         else:
             rows = _best_rows(coords[: self.components] @ proj[:, :n], take)

@@ -32,8 +32,15 @@ from habitus.memory._vectors import (
 
 __all__ = ["LargeKind", "PartitionStats", "VectorSpace", "build_index"]
 
-LargeKind: TypeAlias = Literal["pca", "hnsw", "ivf"]
+LargeKind: TypeAlias = Literal["hnsw", "pca", "ivf"]
 """The index a partition above ``exact_max`` gets (ADR 0004)."""
+
+
+def large_kind(large: LargeKind) -> IndexKind:
+    """The kind :func:`build_index` builds for ``large``: ``"hnsw"`` needs hnswlib (else ``"pca"``)."""
+    if large == "hnsw" and not HNSWIndex.available():
+        return "pca"
+    return large
 
 
 def build_index(
@@ -42,20 +49,21 @@ def build_index(
     vectors: npt.ArrayLike,
     *,
     exact_max: int = EXACT_MAX,
-    large: LargeKind = "pca",
+    large: LargeKind = "hnsw",
 ) -> VectorIndex:
-    """An :class:`ExactIndex` for up to ``exact_max`` vectors; above, the ``large`` kind: by default a
-    :class:`PCAIndex` (near-exact, built in seconds); ``"hnsw"`` an :class:`HNSWIndex` when hnswlib is
-    installed (``habitus[vectors]``; faster searches, minutes to build at a million), else an
-    :class:`IVFIndex`; ``"ivf"`` an :class:`IVFIndex`."""
+    """An :class:`ExactIndex` for up to ``exact_max`` vectors; above, the ``large`` kind: by default an
+    :class:`HNSWIndex` when hnswlib is installed (``habitus[vectors]``; the fastest searches, minutes
+    to build at a million vectors), else a :class:`PCAIndex` (near-exact, built in seconds);
+    ``"pca"`` a :class:`PCAIndex`; ``"ivf"`` an :class:`IVFIndex`."""
     k, v = _check_batch(keys, vectors, dim)
-    if len(k) > exact_max:
-        if large == "pca":
-            return PCAIndex(dim, k, v)
-        if large == "hnsw" and HNSWIndex.available():
-            return HNSWIndex(dim, k, v)
+    if len(k) <= exact_max:
+        return ExactIndex(dim, k, v)
+    kind = large_kind(large)
+    if kind == "hnsw":
+        return HNSWIndex(dim, k, v)
+    if kind == "ivf":
         return IVFIndex(dim, k, v)
-    return ExactIndex(dim, k, v)
+    return PCAIndex(dim, k, v)
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,9 @@ class VectorSpace:
     :func:`build_index`), one at or below half of it an exact one (the gap keeps a partition
     from flapping), and a PCA or IVF index that has doubled since it was trained is
     retrained. That build runs on a background thread (or inline if ``background`` is
-    false) while the old index keeps answering.
+    false) while the old index keeps answering. A graph takes minutes to build at a million
+    vectors, so a large partition's first load builds a :class:`PCAIndex` (seconds) to
+    answer while its graph is built in the background.
     """
 
     def __init__(
@@ -108,7 +118,7 @@ class VectorSpace:
         load: Loader,
         *,
         exact_max: int = EXACT_MAX,
-        large: LargeKind = "pca",
+        large: LargeKind = "hnsw",
         background: bool = True,
     ) -> None:
         """A space of ``dim``-long vectors whose partitions come from ``load``."""
@@ -118,6 +128,7 @@ class VectorSpace:
         self._load = load
         self._exact_max = exact_max
         self._large: LargeKind = large
+        self._target = large_kind(large)
         self._background = background
         self._lock = threading.Lock()
         self._parts: dict[str, _Partition] = {}
@@ -225,7 +236,9 @@ class VectorSpace:
         try:
             keys, vectors = self._load(name)
             started = time.perf_counter()
-            index = build_index(self.dim, keys, vectors, exact_max=self._exact_max, large=self._large)
+            # A graph would keep the first search waiting for minutes: a PCA index answers until it is built.
+            first: LargeKind = "pca" if self._target == "hnsw" and self._background else self._large
+            index = build_index(self.dim, keys, vectors, exact_max=self._exact_max, large=first)
             seconds = time.perf_counter() - started
         except BaseException as error:
             with self._lock:
@@ -255,7 +268,7 @@ class VectorSpace:
             due = size > self._exact_max
         else:
             trained = index.trained_size if isinstance(index, IVFIndex | PCAIndex) else size
-            due = size >= _RETRAIN_GROWTH * trained or size <= self._exact_max // 2
+            due = size >= _RETRAIN_GROWTH * trained or size <= self._exact_max // 2 or index.kind != self._target
         if not due:
             return
         part.journal = []  # before the export, so no write falls between the snapshot and the replay
