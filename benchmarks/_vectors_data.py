@@ -18,6 +18,10 @@ standard deviation 0.11 (0.11); top-1 neighbour quartiles 0.48 / 0.60 / 0.72 (0.
 top-10 quartiles 0.28 / 0.34 / 0.51 (0.32 / 0.37 / 0.42). The upper top-10 quartile is too high:
 some synthetic clusters are tighter than any real topic, which if anything flatters an index.
 
+:func:`vectors_around` draws the same way around given centres instead of random ones: real
+embeddings of texts, so that real questions land near the stored vectors about what they ask
+(``benchmarks/recall.py --regime texts``).
+
 The parameters were fitted by grid search so that, at 600 vectors, the pairwise and
 nearest-neighbour similarity quartiles match those of 600 real embeddings (the first
 sentences of standard-library docstrings, a varied, real English corpus); the benchmark
