@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -80,6 +81,35 @@ async def test_time_expressions_in_the_query_prefer_memories_from_then(hab: Habi
     assert result.time_filter == "in May 2023"
     assert result[0].record.id == may.id
     assert result[0].why["time"] == "in May 2023"
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
+async def test_after_an_event_is_resolved_with_the_signals_of_the_mode(
+    hab: Habitat, mode: Literal["hybrid", "dense", "lexical"], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mem = hab.memory("ada")
+    earlier = await mem.remember("We went hiking in the hills", at=_day(2023, 3, 2))
+    await mem.remember("The road trip to the coast was long", at=_day(2023, 6, 1))
+    later = await mem.remember("We went hiking in the forest", at=_day(2023, 6, 20))
+    store, svc = hab.memories._store, hab.memories
+    searched, embedded = [], []
+    real_search, real_embed = store.memory_search, svc.embed
+
+    def search(*args: object) -> list[tuple[int, float]]:
+        searched.append(args)
+        return real_search(*args)  # type: ignore[arg-type]
+
+    async def embed(texts: Sequence[str]) -> object:
+        embedded.append(list(texts))
+        return await real_embed(texts)
+
+    monkeypatch.setattr(store, "memory_search", search)
+    monkeypatch.setattr(svc, "embed", embed)
+    result = await mem.recall("where did we go hiking after the road trip?", k=2, mode=mode)
+    assert result.time_filter == "after the road trip"
+    assert later.id in {h.record.id for h in result} and earlier.id not in {h.record.id for h in result}
+    assert bool(searched) == (mode != "dense")  # a dense recall runs no full-text search, for the anchor either
+    assert bool(embedded) == (mode != "lexical")  # and a lexical one embeds nothing
 
 
 async def test_filters_since_until_kinds_tags_and_as_of(hab: Habitat) -> None:

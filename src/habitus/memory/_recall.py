@@ -107,7 +107,7 @@ class _Recalling(_MemoryView):
         svc = self._svc
         info = analyse(query, now)
         if info.time is not None and info.time.anchor is not None:
-            info = await self._resolve_anchor(info, scopes, now)
+            info = await self._resolve_anchor(info, scopes, now, mode)
         qvec = await svc.embed([query]) if mode != "lexical" else None
         evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k, mode != "dense")
         ranked = rank(info, evidence, now=now, tuning=svc.tuning)
@@ -184,13 +184,17 @@ class _Recalling(_MemoryView):
                     ev.dense[rid] = float(np.frombuffer(blob, dtype=np.float32) @ qvec[0])
         return ev
 
-    async def _resolve_anchor(self, info: QueryInfo, scopes: Sequence[str], now: datetime) -> QueryInfo:
-        """Turn "before/after <something>" into a window bounded by when that something happened."""
+    async def _resolve_anchor(
+        self, info: QueryInfo, scopes: Sequence[str], now: datetime, mode: Literal["hybrid", "dense", "lexical"]
+    ) -> QueryInfo:
+        """Turn "before/after <something>" into a window bounded by when that something happened
+        (found with the signals of ``mode``: a dense recall runs no full-text search, which over a
+        million memories costs 50-150 ms, and a lexical one embeds nothing)."""
         window = info.time
         assert window is not None and window.anchor is not None
         anchor_info = analyse(window.anchor, now)
-        qvec = await self._svc.embed([window.anchor])
-        evidence = await asyncio.to_thread(self._evidence, anchor_info, qvec, scopes, 3)
+        qvec = await self._svc.embed([window.anchor]) if mode != "lexical" else None
+        evidence = await asyncio.to_thread(self._evidence, anchor_info, qvec, scopes, 3, mode != "dense")
         ranked = rank(anchor_info, evidence, now=now, tuning=self._svc.tuning)
         dated = [evidence.rows[s.rid] for s in ranked[:3] if evidence.rows[s.rid].at is not None]
         if not dated:

@@ -13,6 +13,7 @@ from typing import Literal, TypeAlias
 import numpy.typing as npt
 
 from habitus.memory._hnsw import HNSWIndex
+from habitus.memory._pca import PCAIndex
 from habitus.memory._vectors import (
     _RETRAIN_GROWTH,
     EXACT_MAX,
@@ -29,18 +30,40 @@ from habitus.memory._vectors import (
     _check_query,
 )
 
-__all__ = ["PartitionStats", "VectorSpace", "build_index"]
+__all__ = ["LargeKind", "PartitionStats", "VectorSpace", "build_index"]
+
+LargeKind: TypeAlias = Literal["hnsw", "pca", "ivf"]
+"""The index a partition above ``exact_max`` gets (ADR 0004)."""
 
 
-def build_index(dim: int, keys: npt.ArrayLike, vectors: npt.ArrayLike, *, exact_max: int = EXACT_MAX) -> VectorIndex:
-    """An :class:`ExactIndex` for up to ``exact_max`` vectors; above, an :class:`HNSWIndex` when
-    hnswlib is installed (``habitus[vectors]``), else an :class:`IVFIndex`."""
+def large_kind(large: LargeKind) -> IndexKind:
+    """The kind :func:`build_index` builds for ``large``: ``"hnsw"`` needs hnswlib (else ``"pca"``)."""
+    if large == "hnsw" and not HNSWIndex.available():
+        return "pca"
+    return large
+
+
+def build_index(
+    dim: int,
+    keys: npt.ArrayLike,
+    vectors: npt.ArrayLike,
+    *,
+    exact_max: int = EXACT_MAX,
+    large: LargeKind = "hnsw",
+) -> VectorIndex:
+    """An :class:`ExactIndex` for up to ``exact_max`` vectors; above, the ``large`` kind: by default an
+    :class:`HNSWIndex` when hnswlib is installed (``habitus[vectors]``; the fastest searches, minutes
+    to build at a million vectors), else a :class:`PCAIndex` (near-exact, built in seconds);
+    ``"pca"`` a :class:`PCAIndex`; ``"ivf"`` an :class:`IVFIndex`."""
     k, v = _check_batch(keys, vectors, dim)
-    if len(k) > exact_max:
-        if HNSWIndex.available():
-            return HNSWIndex(dim, k, v)
+    if len(k) <= exact_max:
+        return ExactIndex(dim, k, v)
+    kind = large_kind(large)
+    if kind == "hnsw":
+        return HNSWIndex(dim, k, v)
+    if kind == "ivf":
         return IVFIndex(dim, k, v)
-    return ExactIndex(dim, k, v)
+    return PCAIndex(dim, k, v)
 
 
 @dataclass(frozen=True)
@@ -52,7 +75,7 @@ class PartitionStats:
     build_seconds: float
     """How long the current index took to build (training and calibration included)."""
     rebuilding: bool
-    """Whether a new index (another kind, or a retrained IVF) is being built in the background."""
+    """Whether a new index (another kind, or a retrained one) is being built in the background."""
 
 
 _Op: TypeAlias = tuple[Literal["add"], Keys, Vectors] | tuple[Literal["remove"], Keys, None]
@@ -70,7 +93,7 @@ class _Partition:
 
 
 class VectorSpace:
-    """One vector index per partition, loaded on first search, exact or IVF by size.
+    """One vector index per partition, loaded on first search, exact or not by size.
 
     A partition is loaded by ``load(partition) -> (keys, vectors)`` the first time it is
     searched, once, however many threads ask at the same time (they wait for the one
@@ -80,19 +103,32 @@ class VectorSpace:
     so the caller must have committed a write to the store before calling :meth:`add` or
     :meth:`remove` (replaying a write the loader already saw is harmless).
 
-    A partition above ``exact_max`` vectors gets an IVF index, one at or below half of it
-    an exact one (the gap keeps a partition from flapping), and an IVF that has doubled
-    since it was trained is retrained. That build runs on a background thread (or inline
-    if ``background`` is false) while the old index keeps answering.
+    A partition above ``exact_max`` vectors gets the ``large`` kind of index (see
+    :func:`build_index`), one at or below half of it an exact one (the gap keeps a partition
+    from flapping), and a PCA or IVF index that has doubled since it was trained is
+    retrained. That build runs on a background thread (or inline if ``background`` is
+    false) while the old index keeps answering. A graph takes minutes to build at a million
+    vectors, so a large partition's first load builds a :class:`PCAIndex` (seconds) to
+    answer while its graph is built in the background.
     """
 
-    def __init__(self, dim: int, load: Loader, *, exact_max: int = EXACT_MAX, background: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        load: Loader,
+        *,
+        exact_max: int = EXACT_MAX,
+        large: LargeKind = "hnsw",
+        background: bool = True,
+    ) -> None:
         """A space of ``dim``-long vectors whose partitions come from ``load``."""
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim!r}")
         self.dim = dim
         self._load = load
         self._exact_max = exact_max
+        self._large: LargeKind = large
+        self._target = large_kind(large)
         self._background = background
         self._lock = threading.Lock()
         self._parts: dict[str, _Partition] = {}
@@ -200,7 +236,9 @@ class VectorSpace:
         try:
             keys, vectors = self._load(name)
             started = time.perf_counter()
-            index = build_index(self.dim, keys, vectors, exact_max=self._exact_max)
+            # A graph would keep the first search waiting for minutes: a PCA index answers until it is built.
+            first: LargeKind = "pca" if self._target == "hnsw" and self._background else self._large
+            index = build_index(self.dim, keys, vectors, exact_max=self._exact_max, large=first)
             seconds = time.perf_counter() - started
         except BaseException as error:
             with self._lock:
@@ -229,8 +267,8 @@ class VectorSpace:
         if index.kind == "exact":
             due = size > self._exact_max
         else:
-            trained = index.trained_size if isinstance(index, IVFIndex) else size
-            due = size >= _RETRAIN_GROWTH * trained or size <= self._exact_max // 2
+            trained = index.trained_size if isinstance(index, IVFIndex | PCAIndex) else size
+            due = size >= _RETRAIN_GROWTH * trained or size <= self._exact_max // 2 or index.kind != self._target
         if not due:
             return
         part.journal = []  # before the export, so no write falls between the snapshot and the replay
@@ -247,7 +285,7 @@ class VectorSpace:
         try:
             started = time.perf_counter()
             keys, vectors = old.export()
-            index = build_index(self.dim, keys, vectors, exact_max=self._exact_max)
+            index = build_index(self.dim, keys, vectors, exact_max=self._exact_max, large=self._large)
             seconds = time.perf_counter() - started
             if inline:
                 self._install_locked(name, part, index, seconds)

@@ -54,7 +54,7 @@ __all__ = [
 Keys: TypeAlias = npt.NDArray[np.int64]
 Vectors: TypeAlias = npt.NDArray[np.float32]
 Scores: TypeAlias = npt.NDArray[np.float32]
-IndexKind: TypeAlias = Literal["exact", "ivf", "hnsw"]
+IndexKind: TypeAlias = Literal["exact", "ivf", "hnsw", "pca"]
 Loader: TypeAlias = Callable[[str], tuple[npt.ArrayLike, npt.ArrayLike]]
 
 EXACT_MAX = 50_000
@@ -124,7 +124,7 @@ class VectorIndex(Protocol):
 
     @property
     def kind(self) -> IndexKind:
-        """``"exact"`` or ``"ivf"``."""
+        """``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"pca"``."""
         ...
 
     def __len__(self) -> int:
@@ -167,13 +167,11 @@ class _Segment:
         m = len(keys)
         end = self.n + m
         if end > len(self.keys):
-            cap = max(end, int(len(self.keys) * 1.5) + 16)
-            self.keys = _grown(self.keys, self.n, cap)
-            self.vecs = _grown(self.vecs, self.n, cap)
-            self.live = _grown(self.live, self.n, cap)
+            self._grow(max(end, int(len(self.keys) * 1.5) + 16))
         self.keys[self.n : end] = keys
         self.vecs[self.n : end] = vecs
         self.live[self.n : end] = True
+        self._written(self.n, end)
         self.n = end  # published last: a reader that saw the old n never reads the new rows
 
     def kill(self, keys: Keys) -> None:
@@ -181,11 +179,23 @@ class _Segment:
         self.live[hit] = False
         self.dead += len(hit)
         if self.dead > max(64, self.n // 4):
-            alive = self.live[: self.n]
-            self.keys, self.vecs = self.keys[: self.n][alive], self.vecs[: self.n][alive]
+            self._compact(self.live[: self.n].copy())
             self.n = len(self.keys)
             self.live = np.ones(self.n, dtype=np.bool_)
             self.dead = 0
+
+    def _grow(self, cap: int) -> None:
+        """Move the rows into fresh arrays of ``cap`` rows (a subclass grows its own arrays too)."""
+        self.keys = _grown(self.keys, self.n, cap)
+        self.vecs = _grown(self.vecs, self.n, cap)
+        self.live = _grown(self.live, self.n, cap)
+
+    def _written(self, start: int, end: int) -> None:
+        """Rows ``start:end`` were just written (before readers can see them); a hook for subclasses."""
+
+    def _compact(self, alive: npt.NDArray[np.bool_]) -> None:
+        """Keep only the first ``n`` rows where ``alive``, in fresh arrays."""
+        self.keys, self.vecs = self.keys[: self.n][alive], self.vecs[: self.n][alive]
 
     def view(self) -> _View:
         return self.vecs, self.keys, (self.live if self.dead else None), self.n
