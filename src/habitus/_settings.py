@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from habitus.control._config import ControlConfig
 from habitus.errors import InvalidRequestError
+from habitus.models._config import ModelsConfig
 
 __all__ = ["Settings"]
 
 _ENV_PREFIX = "HABITUS_"
-_FILE_ONLY = {"control"}  # tables, not values: set in habitus.toml
+_FILE_ONLY = {"control", "models"}  # tables, not values: set in habitus.toml
 
 
 class Settings(BaseModel):
@@ -46,6 +47,11 @@ class Settings(BaseModel):
         server_port: Their port.
         control: Grants, approval rules, budgets and trust labels (the ``[control]``
             table of ``habitus.toml``), recorded as events when the habitat opens for writing.
+        models: Model providers for the inference gateway (the ``[models]`` table).
+        model_url: Base URL of an OpenAI-compatible ``/v1`` endpoint: a provider called
+            ``default`` without a ``[models]`` table (``HABITUS_MODEL_URL``).
+        model_key: Its API key (``HABITUS_MODEL_KEY``).
+        model_name: Its chat model (``HABITUS_MODEL_NAME``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,6 +72,10 @@ class Settings(BaseModel):
     server_host: str = Field(default="127.0.0.1", min_length=1)
     server_port: int = Field(default=7077, ge=0, le=65535)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    model_url: str | None = None
+    model_key: str | None = None
+    model_name: str | None = None
 
     @classmethod
     def resolve(

@@ -14,7 +14,8 @@ The hierarchy::
     │   ├── AgentExistsError          spawning an id that is taken
     │   ├── AgentRetiredError         the agent was retired; it takes no more messages
     │   ├── UnknownBehaviourError     the app declares no behaviour of that name
-    │   └── MemoryNotFoundError       no memory or fact with that id (or it was forgotten)
+    │   ├── MemoryNotFoundError       no memory or fact with that id (or it was forgotten)
+    │   └── UnknownToolError          no tool registered under that name
     ├── MessagingError                a message could not be sent or answered
     │   ├── MailboxFullError          the recipient's mailbox is at capacity (backpressure)
     │   └── RequestTimeoutError       no reply came in time
@@ -26,6 +27,8 @@ The hierarchy::
     │   ├── ApprovalPendingError      the approval it waits for was not decided in time
     │   ├── NoAppRunningError         a request nothing in this process can answer (no app runs)
     │   ├── EmbedderError             the embedding model or endpoint failed or is missing
+    │   ├── ModelUnavailableError     a model provider failed or is unreachable, after retries
+    │   │   └── ModelTimeoutError     a model provider did not answer in time
     │   ├── HabitatNotFoundError      no habitat at that path
     │   ├── HabitatExistsError        init over an existing habitat
     │   ├── HabitatLockedError        another process holds the writer lock
@@ -69,6 +72,8 @@ __all__ = [
     "MailboxFullError",
     "MemoryNotFoundError",
     "MessagingError",
+    "ModelTimeoutError",
+    "ModelUnavailableError",
     "NoAppRunningError",
     "PolicyDeniedError",
     "ReadOnlyHabitatError",
@@ -79,6 +84,7 @@ __all__ = [
     "UnknownBehaviourError",
     "UnknownCauseError",
     "UnknownKindError",
+    "UnknownToolError",
     "error_code",
 ]
 
@@ -133,6 +139,10 @@ class UnknownBehaviourError(InvalidRequestError):
 
 class MemoryNotFoundError(InvalidRequestError):
     """No memory or fact has that id in the scopes searched (or it was forgotten)."""
+
+
+class UnknownToolError(InvalidRequestError):
+    """No tool of that name is registered."""
 
 
 class MessagingError(HabitatError):
@@ -193,6 +203,14 @@ class EmbedderError(HabitatUnavailableError):
     """The embedding model could not be loaded, or its endpoint failed; nothing was stored."""
 
 
+class ModelUnavailableError(HabitatUnavailableError):
+    """A model provider could not be reached or failed, after its retries; nothing the call would have done was done."""
+
+
+class ModelTimeoutError(ModelUnavailableError):
+    """A model provider did not answer in time, after its retries."""
+
+
 class HabitatNotFoundError(HabitatUnavailableError):
     """There is no habitat at the given path."""
 
@@ -246,6 +264,7 @@ ERROR_TABLE: dict[type[HabitatError], ErrorCode] = {
     AgentRetiredError: ErrorCode(4, 410),
     UnknownBehaviourError: ErrorCode(2, 422),
     MemoryNotFoundError: ErrorCode(3, 404),
+    UnknownToolError: ErrorCode(3, 404),
     MessagingError: ErrorCode(7, 503),
     MailboxFullError: ErrorCode(7, 429),
     RequestTimeoutError: ErrorCode(7, 504),
@@ -257,6 +276,8 @@ ERROR_TABLE: dict[type[HabitatError], ErrorCode] = {
     NoAppRunningError: ErrorCode(4, 409),
     HabitatUnavailableError: ErrorCode(4, 503),
     EmbedderError: ErrorCode(4, 503),
+    ModelUnavailableError: ErrorCode(4, 502),
+    ModelTimeoutError: ErrorCode(4, 504),
     HabitatNotFoundError: ErrorCode(3, 404),
     HabitatExistsError: ErrorCode(4, 409),
     HabitatLockedError: ErrorCode(4, 423),

@@ -55,7 +55,7 @@ Other ``family:verb`` actions are accepted too (an app's own), with resources as
 
 RESERVED_KINDS = (
     "agent.", "approval.", "budget.", "capability.", "checkpoint.", "content.", "fact.", "habitat.",
-    "memory.", "message.", "policy.", "timer.", "trust.",
+    "memory.", "message.", "model.", "policy.", "timer.", "tool.", "trust.",
 )  # fmt: skip
 """Kind families only Habitus's subsystems append: nobody forges a grant, a message or a denial."""
 
