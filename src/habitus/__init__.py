@@ -29,6 +29,7 @@ from habitus.ledger import (
     verify_inclusion,
 )
 from habitus.memory import AgentMemory, Fact, Hit, MemoryRecord, Recall
+from habitus.thinking import ThinkingAgent
 
 __all__ = [
     "Agent",
@@ -57,6 +58,7 @@ __all__ = [
     "Subgraph",
     "SyncHabitat",
     "SyncLedger",
+    "ThinkingAgent",
     "Transaction",
     "VerifyReport",
     "__version__",

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from habitus._acting import Acting
 from habitus._settings import Settings
@@ -36,6 +36,11 @@ from habitus.memory._embedders import Embedder
 from habitus.memory._memory import AgentMemory, MemoryService
 from habitus.messaging._messenger import Messenger
 from habitus.storage._sqlite import SQLiteStore
+from habitus.tools import _kinds as _tool_kinds  # noqa: F401  (the tool.* kinds exist before the registry does)
+
+if TYPE_CHECKING:
+    from habitus.models._gateway import ModelGateway
+    from habitus.tools._registry import ToolRegistry
 
 __all__ = ["Habitat", "HabitatInfo"]
 
@@ -112,6 +117,8 @@ class Habitat:
         )
         self._memories = MemoryService(ledger, store, self._agents, settings, self._control)
         self._runtime: Runtime | None = None
+        self._models: ModelGateway | None = None
+        self._tools: ToolRegistry | None = None
 
     # -- opening ----------------------------------------------------------------------
 
@@ -262,6 +269,24 @@ class Habitat:
         """
         return self._memories.of(agent)
 
+    @property
+    def models(self) -> ModelGateway:
+        """The inference gateway: every model call checked, budgeted and recorded as ``model.called``."""
+        if self._models is None:
+            from habitus.models._gateway import ModelGateway
+
+            self._models = ModelGateway(self._ledger, self._control, self._settings)
+        return self._models
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tool registry: Python functions, sandboxed programs and MCP servers' tools, each call an event."""
+        if self._tools is None:
+            from habitus.tools._registry import ToolRegistry
+
+            self._tools = ToolRegistry(self._ledger, self._control)
+        return self._tools
+
     def use_embedder(self, embedder: Embedder) -> None:
         """Use ``embedder`` for memory instead of the one the settings name (before any memory is used)."""
         self._memories.set_embedder(embedder)
@@ -291,6 +316,8 @@ class Habitat:
             messenger=self._messages,
             memories=self._memories,
             options=options,
+            models=lambda: self.models,
+            tools=lambda: self.tools,
         )
         await runtime.start()
         self._runtime = runtime
@@ -334,6 +361,10 @@ class Habitat:
             if self._runtime is not None:
                 await self._runtime.stop()
                 self._runtime = None
+            if self._tools is not None:
+                await self._tools.aclose()
+            if self._models is not None:
+                await self._models.aclose()
             await self._ledger._close()
         finally:
             self._store.close()

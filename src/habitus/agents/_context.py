@@ -6,7 +6,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from habitus.control._rules import RESERVED_KINDS
 from habitus.errors import InvalidRequestError
 from habitus.ledger._codec import to_micros
 from habitus.ledger._ledger import Ledger
-from habitus.ledger._rows import EventRef
+from habitus.ledger._rows import EventRef, as_uuid
 from habitus.ledger._transaction import Transaction
 from habitus.storage._projections import TimerDelete, TimerPut
 
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from habitus.control._rules import Decision
     from habitus.memory._memory import AgentMemory, MemoryService
     from habitus.messaging._messenger import Messenger
+    from habitus.models._gateway import ModelCall, ModelGateway
+    from habitus.models._types import ChatMessage, ContextRecord, OnText, ToolSpec
+    from habitus.thinking._context import BuiltContext, TokenCounter
+    from habitus.tools._registry import ToolRegistry
+    from habitus.tools._tool import ToolResult
 
 __all__ = ["AgentContext", "AgentState"]
 
@@ -111,6 +116,8 @@ class AgentContext:
         messenger: Messenger,
         memories: MemoryService | None = None,
         remember_messages: bool = False,
+        models: Callable[[], ModelGateway] | None = None,
+        tools: Callable[[], ToolRegistry] | None = None,
     ) -> None:
         self.agent = info
         self.state = AgentState(state, self._stage_state)
@@ -118,6 +125,8 @@ class AgentContext:
         self._agents = agents
         self._messenger = messenger
         self._memories = memories
+        self._models = models  # called on first use: a habitat that never calls a model never builds the gateway
+        self._tools = tools
         self.remember_messages = remember_messages and memories is not None
         self._tx: Transaction | None = None
         self._message: Message | None = None
@@ -194,10 +203,21 @@ class AgentContext:
 
     # -- effects ----------------------------------------------------------------------------
 
-    async def send(self, to: str, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
-        """Send a message to an agent (committed with this handler's other effects)."""
+    async def send(
+        self,
+        to: str,
+        body: Any,
+        *,
+        type: str | None = None,  # noqa: A002
+        causes: Sequence[uuid.UUID] = (),
+    ) -> uuid.UUID:
+        """Send a message to an agent (committed with this handler's other effects).
+
+        Its causes are the message being handled and ``causes`` (say, the model call
+        whose answer it carries), so ``why`` on it shows where it came from.
+        """
         sent = await self._messenger.stage_send(
-            self._transaction, self.principal, to, body, type=type, tainted=self._tainted
+            self._transaction, self.principal, to, body, type=type, tainted=self._tainted, causes=causes
         )
         if self.remember_messages:
             await self._remember_sent(sent, to, body)
@@ -220,10 +240,19 @@ class AgentContext:
             self._transaction, self.principal, topic, body, type=type, tainted=self._tainted
         )
 
-    async def reply(self, body: Any, *, type: str | None = None) -> uuid.UUID:  # noqa: A002
-        """Reply to the message being handled (its sender gets it; a waiting ``request`` returns it)."""
+    async def reply(
+        self,
+        body: Any,
+        *,
+        type: str | None = None,  # noqa: A002
+        causes: Sequence[uuid.UUID] = (),
+    ) -> uuid.UUID:
+        """Reply to the message being handled (its sender gets it; a waiting ``request`` returns it).
+
+        ``causes``: events besides the request that led to the reply (the model call that wrote it...).
+        """
         return await self._messenger.stage_reply(
-            self._transaction, self.principal, self.message, body, type=type, tainted=self._tainted
+            self._transaction, self.principal, self.message, body, type=type, tainted=self._tainted, causes=causes
         )
 
     def emit(
@@ -266,6 +295,132 @@ class AgentContext:
             ApprovalPendingError: ``timeout`` seconds passed with no decision.
         """
         return await self._messenger.control.authorize(self.principal, action, resource, detail=detail, timeout=timeout)
+
+    # -- models, tools and context ------------------------------------------------------------
+    # Model and tool calls record their events in transactions of their own, at once: they
+    # happened even if the handler fails later (a retried message calls again).
+
+    async def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec | str] = (),
+        context: ContextRecord | BuiltContext | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        on_text: OnText | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        causes: Iterable[EventRef] = (),
+    ) -> ModelCall:
+        """Call a model as this agent (``hab.models.chat``), caused by the message being handled.
+
+        ``tools`` are specs or names of registered tools; ``context`` (a
+        :class:`~habitus.thinking.BuiltContext` or its record) makes the memories, facts
+        and messages that went into the prompt causes of the ``model.called`` event.
+
+        Raises:
+            PolicyDeniedError: The agent may not use the model (``model:use``), or a budget is spent.
+            ModelUnavailableError: The provider failed (recorded as ``model.failed``).
+        """
+        from habitus.models._types import ContextRecord
+
+        if context is not None and not isinstance(context, ContextRecord):
+            context = context.record
+        return await self._gateway().chat(
+            self.principal,
+            messages,
+            provider=provider,
+            model=model,
+            tools=self._tool_specs(tools),
+            context=context,
+            causes=self._causes(causes),
+            on_text=on_text,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        call_id: str | None = None,
+        causes: Iterable[EventRef] = (),
+    ) -> ToolResult:
+        """Call a registered tool as this agent (``hab.tools.call``), caused by the message being handled.
+
+        A tool that fails comes back with ``ok=False``; a refusal raises.
+
+        Raises:
+            UnknownToolError: No tool of that name.
+            PolicyDeniedError: The agent may not call it (``tool:call``), a budget is spent,
+                or a human rejected it (``ApprovalRejectedError``).
+        """
+        return await self._registry().call(
+            self.principal, name, arguments or {}, causes=self._causes(causes), call_id=call_id
+        )
+
+    async def build_context(
+        self,
+        task: str,
+        *,
+        budget_tokens: int = 2000,
+        system_prompt: str | None = None,
+        recall_k: int = 8,
+        max_messages: int = 12,
+        max_facts: int = 20,
+        count_tokens: TokenCounter | None = None,
+        now: datetime | None = None,
+    ) -> BuiltContext:
+        """Assemble a prompt for ``task`` from this agent's facts, recalled memories and conversation.
+
+        See :func:`habitus.thinking.build_context`; here the conversation is the thread of
+        the message being handled (that message itself is left out: put what it asks in
+        ``task``), and the recall's event commits with the handler's other effects.
+        """
+        from habitus.thinking._context import assemble
+
+        message = self.message
+        return await assemble(
+            self.memory,
+            self._ledger,
+            task,
+            budget_tokens=budget_tokens,
+            thread=message.thread,
+            exclude=(message.id,),
+            system_prompt=system_prompt,
+            recall_k=recall_k,
+            max_messages=max_messages,
+            max_facts=max_facts,
+            count_tokens=count_tokens,
+            now=now,
+        )
+
+    def _gateway(self) -> ModelGateway:
+        if self._models is None:
+            raise InvalidRequestError("this runtime has no model gateway; start the app with Habitat.start")
+        return self._models()
+
+    def _registry(self) -> ToolRegistry:
+        if self._tools is None:
+            raise InvalidRequestError("this runtime has no tool registry; start the app with Habitat.start")
+        return self._tools()
+
+    def _causes(self, extra: Iterable[EventRef]) -> list[uuid.UUID]:
+        found = [self.message.id]
+        for ref in extra:
+            cause = as_uuid(ref)
+            if cause not in found:
+                found.append(cause)
+        return found
+
+    def _tool_specs(self, tools: Sequence[ToolSpec | str]) -> list[ToolSpec]:
+        names = [t for t in tools if isinstance(t, str)]
+        if not names:
+            return [t for t in tools if not isinstance(t, str)]
+        named = {spec.name: spec for spec in self._registry().specs(names)}
+        return [named[t] if isinstance(t, str) else t for t in tools]
 
     def set_timer(
         self,

@@ -40,7 +40,11 @@ from habitus.ledger._rows import event_from_row
 from habitus.messaging._messenger import Messenger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from habitus.memory._memory import MemoryService
+    from habitus.models._gateway import ModelGateway
+    from habitus.tools._registry import ToolRegistry
 from habitus.storage._abstract import HabitatStore, Row
 from habitus.storage._projections import (
     MailboxAck,
@@ -129,6 +133,8 @@ class Runtime:
         messenger: Messenger,
         options: RuntimeOptions,
         memories: MemoryService | None = None,
+        models: Callable[[], ModelGateway] | None = None,
+        tools: Callable[[], ToolRegistry] | None = None,
     ) -> None:
         self._app = app
         self._ledger = ledger
@@ -136,6 +142,8 @@ class Runtime:
         self._agents = agents
         self._messenger = messenger
         self._memories = memories
+        self._models = models  # getters: the gateway and registry are built on first use only
+        self._tools = tools
         self._options = options
         self._active: dict[str, _Activation] = {}
         self._waiting: dict[str, None] = {}  # agents with work but no free activation slot, in order
@@ -259,6 +267,8 @@ class Runtime:
             messenger=self._messenger,
             memories=self._memories,
             remember_messages=behaviour.remember_messages,
+            models=self._models,
+            tools=self._tools,
         )
         activation = _Activation(agent, behaviour, context, behaviour.factory(context))
         self._active[agent] = activation

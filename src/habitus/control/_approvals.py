@@ -3,8 +3,8 @@
 A request is an ``approval.requested`` event, committed on its own (so it is
 in the queue even while the handler that asked is still open) and caused by
 the message being handled. Its key is derived from the principal, the action,
-the resource and that message, so a handler run again after a restart finds
-its request, and its decision, instead of asking twice.
+the resource, the detail and that message, so a handler run again after a
+restart finds its request, and its decision, instead of asking twice.
 
 A writing command from another process (``habitus approvals approve`` while
 ``habitus run`` holds the habitat) cannot append; it drops the decision in the
@@ -130,6 +130,8 @@ class _Approvals:
         causes = current_context().causes
         # Outside a handler there is nothing to recognise a retry by: each call is its own request.
         basis = [principal, action, resource, on_behalf_of or "", *(str(c) for c in causes)]
+        if detail is not None:  # approving one tool call's arguments is not approving another's
+            basis.append(json.dumps(detail, sort_keys=True, default=str))
         if not causes:
             basis.append(str(uuid.uuid4()))
         key = hashlib.sha256("\x1f".join(basis).encode()).hexdigest()[:32]

@@ -137,21 +137,49 @@ class _Budgets:
             self._usage[key] = used
         return used
 
-    async def charge(self, tx: Transaction, principal: str, meter: Meter, amount: int = 1) -> None:
+    async def charge(
+        self, tx: Transaction, principal: str, meter: Meter, amount: int = 1, *, spent: bool = False
+    ) -> None:
         """Count ``amount`` of ``meter`` against ``principal``'s budgets, in ``tx``; refuse if over.
+
+        With ``spent``, the work was already done (a model call's tokens): it is
+        counted even past the limit, and the next check refuses instead.
 
         Raises:
             BudgetExceededError: It would exceed the principal's or its owner's
                 limit; recorded as ``budget.exceeded``, nothing staged.
         """
-        if not self._budget_rules:
-            if self._loaded and not self._store.read_only:
-                return  # no budgets at all (the usual case): nothing to count
-            self._load()
-            if not self._budget_rules:
-                return
+        if not self._has_budgets():
+            return
         if amount < 0:
             raise InvalidRequestError(f"amount must not be negative, not {amount!r}")
+        staged = await self._room(principal, meter, amount, tx.ops, refuse=not spent)
+        for op in staged:
+            tx.project(op)
+
+    async def check_budget(self, principal: str, meter: Meter, amount: int) -> None:
+        """Refuse, before doing it, work of ``amount`` ``meter`` that ``principal``'s budgets have no room for.
+
+        Nothing is counted: the work is charged with :meth:`charge` once done.
+
+        Raises:
+            BudgetExceededError: It would exceed the principal's or its owner's
+                limit; recorded as ``budget.exceeded``.
+        """
+        if self._has_budgets():
+            await self._room(principal, meter, max(amount, 0), (), refuse=True)
+
+    def _has_budgets(self) -> bool:
+        if not self._budget_rules:
+            if self._loaded and not self._store.read_only:
+                return False  # no budgets at all (the usual case): nothing to count
+            self._load()
+        return bool(self._budget_rules)
+
+    async def _room(
+        self, principal: str, meter: Meter, amount: int, ops: Sequence[Op], *, refuse: bool
+    ) -> list[UsageAdd]:
+        """The usage to stage for ``amount`` more; with ``refuse``, raise where a limit has no room."""
         now = time.time()
         staged: list[UsageAdd] = []
         for subject in self._budget_subjects(principal):
@@ -162,10 +190,10 @@ class _Budgets:
             window = int(now // period)
             used = self._used(subject, meter, window) + sum(
                 op.amount
-                for op in tx.ops
+                for op in ops
                 if isinstance(op, UsageAdd) and (op.subject, op.meter, op.window) == (subject, meter, window)
             )
-            if used + amount > limit:
+            if refuse and used + amount > limit:
                 meta = {
                     "principal": principal, "subject": subject, "meter": meter, "limit": limit,
                     "used": used, "amount": amount, "period": period,
@@ -181,8 +209,7 @@ class _Budgets:
                     resource=subject,
                 )
             staged.append(UsageAdd(subject, meter, window, amount))
-        for op in staged:
-            tx.project(op)
+        return staged
 
     def _apply_budget(self, meta: dict[str, object]) -> None:
         key = (str(meta["subject"]), str(meta["meter"]))

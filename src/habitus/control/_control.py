@@ -291,9 +291,9 @@ class Control(_Approvals, _Budgets, _Trust):
     ) -> Decision:
         """Like :meth:`require`, and when the action needs a human, ask and wait for the decision.
 
-        The request is keyed by principal, action, resource and the message being
-        handled, so a handler run again after a restart finds its request (and
-        its decision) instead of asking twice.
+        The request is keyed by principal, action, resource, ``detail`` and the
+        message being handled, so a handler run again after a restart finds its
+        request (and its decision) instead of asking twice.
 
         Raises:
             PolicyDeniedError: Refused by policy.

@@ -179,6 +179,7 @@ class Messenger:
         answering: bool = False,
         on_behalf_of: str | None = None,
         tainted: bool = False,
+        causes: Sequence[uuid.UUID] = (),
     ) -> uuid.UUID:
         """Stage a message to an agent (or, for a reply, to any principal) in ``tx``.
 
@@ -220,8 +221,8 @@ class Messenger:
             meta["trust"] = "untrusted"
         if on_behalf_of is not None and on_behalf_of != sender:
             meta["on_behalf_of"] = on_behalf_of
-        causes = [in_reply_to] if in_reply_to is not None else []
-        message_id = tx.append("message.sent", actor=sender, content=body, meta=meta, thread=thread, causes=causes)
+        cited = [in_reply_to, *causes] if in_reply_to is not None else list(causes)
+        message_id = tx.append("message.sent", actor=sender, content=body, meta=meta, thread=thread, causes=cited)
         if to_agent is not None:
             tx.project(MailboxPut(to_agent, message_id.bytes, sender))
         return message_id
@@ -235,6 +236,7 @@ class Messenger:
         *,
         type: str | None = None,  # noqa: A002
         tainted: bool = False,
+        causes: Sequence[uuid.UUID] = (),
     ) -> uuid.UUID:
         """Stage the reply to ``message`` (to its sender, caused by it, in its thread)."""
         return await self.stage_send(
@@ -247,6 +249,7 @@ class Messenger:
             in_reply_to=message.id,
             answering=message.to == sender,
             tainted=tainted,
+            causes=causes,
         )
 
     async def stage_publish(
