@@ -80,6 +80,19 @@ def test_readme_memory_example_runs(
     assert out == ["The north bridge is closed for repairs ['dense', 'time']", "['closed', 'open']"]
 
 
+def test_readme_thinking_agent_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = README.read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL) if "ThinkingAgent" in b)
+    monkeypatch.chdir(tmp_path)
+    for env in [k for k in __import__("os").environ if k.startswith("HABITUS_")]:
+        monkeypatch.delenv(env)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["Tomorrow: sunny, 21 °C.", "['model.called', 'tool.called', 'tool.returned']"]
+
+
 def test_the_agent_examples_define_working_apps(tmp_path: Path) -> None:
     import asyncio
 

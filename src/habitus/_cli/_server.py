@@ -36,20 +36,30 @@ async def _run(
     dev_principal: str | None,
     app: App | None,
     dashboard_for: str | None,
-    seed_demo: bool,
+    society: bool,
 ) -> None:
+    from habitus import _society
     from habitus.server._serve import serve
 
-    if seed_demo and not (settings.path / "habitat.json").exists():
-        from habitus._demo import run_demo
-
-        await run_demo(settings.path)
-        click.echo(f"created {settings.path}/ with the greenhouse demo, so there is a trail to follow")
+    society = society and app is None and _society.is_society(settings.path)
     hab = await Habitat.open(settings=settings, create=True)
     token_id: str | None = None
     try:
-        if app is not None:
+        if society:
+            first = await _society.setup_society(hab)
+            await hab.start(_society.build_society())
+            if first:
+                await _society.start_sensors(hab)
+            dashboard_for = dashboard_for or _society.OPERATOR
+            model = hab.models.default
+            click.echo(
+                f"the greenhouse society runs in {hab.path}/: {len(_society.SOCIETY_AGENTS)} agents, "
+                f"thinking with the {model!r} model" + (" (scripted, offline)" if model == "scripted" else "")
+            )
+        elif app is not None:
             await hab.start(app)
+        if dashboard_for == "":
+            dashboard_for = _me()
         secret: str | None = None
         if dashboard_for is not None:
             info, secret = await hab.control.tokens.create(dashboard_for, name="dashboard (habitus up)")
@@ -98,7 +108,7 @@ def serve(obj: _Context, host: str | None, port: int | None, app_ref: str | None
             dev_principal=dev_principal,
             app=app,
             dashboard_for=None,
-            seed_demo=False,
+            society=False,
         )
     )
 
@@ -106,12 +116,16 @@ def serve(obj: _Context, host: str | None, port: int | None, app_ref: str | None
 @cli.command()
 @_server_options
 @click.option("--as", "principal", metavar="PRINCIPAL", help="Who the dashboard acts as (default: human:<you>).")
-@click.option("--empty", is_flag=True, help="Do not seed a new habitat with the greenhouse demo.")
+@click.option("--empty", is_flag=True, help="Do not run the greenhouse society (a new habitat stays empty).")
 @click.pass_obj
 def up(
     obj: _Context, host: str | None, port: int | None, app_ref: str | None, principal: str | None, empty: bool
 ) -> None:
-    """The main job: open (or create) the habitat, serve it, and print the dashboard's address."""
+    """The main job: run the greenhouse society in the habitat, serve it, and print the dashboard's address.
+
+    A new habitat (or one made by 'up' before) runs the demo society; a habitat of
+    your own is served as it is, with --app to run your agents.
+    """
     settings = obj.settings()
     app = load_app(app_ref) if app_ref else None
     asyncio.run(
@@ -121,8 +135,8 @@ def up(
             port=settings.server_port if port is None else port,
             dev_principal=None,
             app=app,
-            dashboard_for=principal or _me(),
-            seed_demo=not empty,
+            dashboard_for=principal or "",  # "": the society's operator, or you
+            society=not empty,
         )
     )
 

@@ -143,6 +143,23 @@ function summary(ev) {
       return `token for ${m.principal}`;
     case "agent.state_set":
       return `${m.agent}.${m.key} = ${body}`;
+    case "model.called": {
+      const informed = m.memories || m.facts || m.messages
+        ? ` · informed by ${m.memories || 0} memories, ${m.facts || 0} facts, ${m.messages || 0} messages`
+        : "";
+      const tools = (m.tool_calls || []).length ? ` · asks for ${m.tool_calls.join(", ")}` : "";
+      return `${m.provider}/${m.model} · ${m.prompt_tokens}+${m.completion_tokens} tokens${informed}${tools}`;
+    }
+    case "model.failed":
+      return `${m.provider}/${m.model} failed (${m.error}): ${m.message || ""}`;
+    case "tool.called":
+      return `calls ${m.tool}: ${body}`;
+    case "tool.returned":
+      return `${m.tool} → ${body}`;
+    case "tool.failed":
+      return `${m.tool} failed (${m.error_type || m.error || ""}): ${body}`;
+    case "decision.made":
+      return `decides: ${m.action}`;
     default:
       if (ev.kind && ev.kind.startsWith("agent.")) return `${m.agent}${m.reason ? `: ${m.reason}` : ""}`;
       return body || (Object.keys(m).length ? clip(JSON.stringify(m), 140) : "");
@@ -298,7 +315,33 @@ function showTab(name) {
     $(tab.getAttribute("aria-controls")).hidden = !on;
   }
   if (name === "memory") loadMemoryAgents();
+  if (name === "highlights") loadHighlights();
 }
+
+// -- highlights: decisions, informed model calls, superseded beliefs, denials, audit notes ---
+
+const HIGHLIGHTS = [
+  { list: "hl-decisions", kind: "decision.made", keep: () => true },
+  { list: "hl-models", kind: "model.called", keep: () => true },
+  { list: "hl-facts", kind: "fact.asserted", keep: (ev) => ((ev.meta || {}).supersedes || []).length > 0, scan: 200 },
+  { list: "hl-denials", kind: "policy.denied", keep: () => true },
+  { list: "hl-notes", kind: "note.recorded", keep: () => true },
+];
+const HIGHLIGHT_KINDS = new Set(HIGHLIGHTS.map((x) => x.kind));
+
+async function loadHighlights() {
+  await Promise.all(
+    HIGHLIGHTS.map(async ({ list, kind, keep, scan }) => {
+      const page = await attempt(() => api("/events", { query: { kind, order: "desc", limit: scan || 5 } }), "highlights");
+      if (!page) return;
+      const shown = page.events.filter(keep).slice(0, 5);
+      for (const ev of shown) remember(ev);
+      put($(list), ...(shown.length ? shown.map((ev) => eventRow(ev, false)) : [h("li", { class: "muted" }, "None yet.")]));
+    }),
+  );
+}
+
+const refreshHighlights = debounce(() => !$("panel-highlights").hidden && loadHighlights(), 800);
 
 // -- the timeline ---------------------------------------------------------------------------
 
@@ -378,6 +421,7 @@ function countEvents(seq) {
 
 function onLiveEvent(ev) {
   if (!ev || !ev.id || !ev.kind || state.timeline.has(ev.id)) return;
+  if (HIGHLIGHT_KINDS.has(ev.kind)) refreshHighlights();
   remember(ev);
   if (ev.seq > state.lastSeq) state.lastSeq = ev.seq;
   countEvents(ev.seq);
