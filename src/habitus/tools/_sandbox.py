@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
+import marshal
 import math
 import os
 import shutil
@@ -274,7 +274,7 @@ def _plan(
         config["landlock"] = {"read": [*_SYSTEM_DIRS, "/dev", *readable], "write": [work], "network": limits.network}
     if not in_bwrap:
         config["unshare_network"] = not limits.network
-    helper = [os.path.realpath(sys.executable), "-I", "-S", "-c", _confine(), json.dumps(config), *argv]
+    helper = [os.path.realpath(sys.executable), "-I", "-S", "-c", _confine(), marshal.dumps(config).hex(), *argv]
     if in_bwrap and detected.bwrap is not None:
         return [*_bwrap_argv(detected.bwrap, work, readable, env, limits.network), "--", *helper]
     return helper
@@ -338,8 +338,8 @@ def _read_report(fd: int) -> dict[str, Any] | None:
         while chunk := os.read(fd, 65_536):
             data += chunk
     try:
-        report = json.loads(data) if data else None
-    except ValueError:
+        report = marshal.loads(data) if data else None  # written by the helper, which the program cannot reach
+    except (EOFError, ValueError, TypeError):
         return None
     return report if isinstance(report, dict) else None
 
