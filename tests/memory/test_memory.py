@@ -373,3 +373,39 @@ async def test_approximate_statistics_find_what_exact_ones_find(hab: Habitat) ->
     approximate = await mem.recall("who repaired the lighthouse lamp?", k=3)
     assert exact[0].record.id == approximate[0].record.id == target.id
     assert "dense" in approximate[0].why and "lexical" in approximate[0].why
+
+
+async def test_a_plain_dense_recall_over_many_memories_ranks_by_cosine_alone(hab: Habitat) -> None:
+    """With nothing but the cosine to rank by, a dense recall takes fewer candidates from the
+    index (see _Recalling._evidence); its order must still be the exact cosine order."""
+    from habitus.memory import Tuning
+
+    mem = hab.memory("ada")
+    texts = [
+        f"note {i}: the {w} by the {v} gate"
+        for i, (w, v) in enumerate(
+            (w, v)
+            for w in ("fox", "heron", "kite", "otter", "badger", "owl")
+            for v in ("north", "south", "mill", "bridge")
+        )
+    ]
+    records = await mem.remember_many(texts * 3)
+    hab.memories.tuning = Tuning(exact_below=5, candidates=60)
+    query = "the heron by the mill gate"
+    vectors = hab.memories.embedder.embed([query, *[r.text for r in records]])
+    cosine = {r.id: float(vectors[0] @ vectors[i + 1]) for i, r in enumerate(records)}
+    hits = await mem.recall(query, k=5, mode="dense")
+    assert [h.why["dense"]["similarity"] for h in hits] == sorted((round(c, 4) for c in cosine.values()), reverse=True)[
+        :5
+    ]
+
+
+async def test_a_dense_recall_naming_a_speaker_still_finds_their_memory(hab: Habitat) -> None:
+    from habitus.memory import Tuning
+
+    mem = hab.memory("ada")
+    await mem.remember_many([f"someone mentioned the harbour crane, note {i}" for i in range(80)])
+    theirs = await mem.remember("the crane", meta={"speaker": "Orla"})
+    hab.memories.tuning = Tuning(exact_below=5, candidates=200)
+    hits = await mem.recall("what did Orla say about the harbour crane?", k=3, mode="dense")
+    assert hits[0].record.id == theirs.id and hits[0].why.get("speaker") == "Orla"

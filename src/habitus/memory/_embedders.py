@@ -186,6 +186,7 @@ class LocalEmbedder:
         self._lock = threading.Lock()
         self._model: SentenceTransformer | None = None
         self._torch: Any = None  # the torch module, once the model is loaded
+        self._direct: Any = None  # (tokenizer, transformer) when the model is plain mean pooling: see _direct_path
         self._dim = _dim_from_config(Path(self._source)) if Path(self._source).is_dir() else None
 
     def __repr__(self) -> str:
@@ -229,6 +230,7 @@ class LocalEmbedder:
             model.eval()
             self._torch = torch
             self._model = model
+            self._direct = _direct_path(model, torch)
             return model
 
     def embed(self, texts: Sequence[str]) -> Vectors:
@@ -249,19 +251,50 @@ class LocalEmbedder:
             if few:
                 torch.set_num_threads(1)
             try:
-                vectors = model.encode(
-                    list(texts),
-                    batch_size=self._batch_size,
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
+                if few and self._direct is not None:
+                    vectors = _forward(self._direct, torch, list(texts))
+                else:
+                    vectors = model.encode(
+                        list(texts),
+                        batch_size=self._batch_size,
+                        convert_to_numpy=True,
+                        normalize_embeddings=True,
+                        show_progress_bar=False,
+                    )
             finally:
                 if few:
                     torch.set_num_threads(previous)
         result = _normalise(vectors)
         self._dim = result.shape[1]
         return result
+
+
+def _forward(direct: tuple[Any, Any, int], torch: Any, texts: list[str]) -> Any:
+    """Tokenise, run the transformer, mean-pool and normalise: what ``encode`` does for a mean-pooling
+    model, without its batching and bookkeeping (about 1 ms of a recall's ~8 ms query embedding)."""
+    tokenizer, transformer, max_length = direct
+    with torch.inference_mode():
+        features = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        hidden = transformer(**features).last_hidden_state
+        mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+
+def _direct_path(model: Any, torch: Any) -> tuple[Any, Any, int] | None:
+    """The tokenizer and transformer of a plain mean-pooling model, if this one is and gives what
+    ``encode`` gives on a probe text; else ``None`` (``encode`` is used for everything)."""
+    try:
+        first = model[0]
+        direct = (model.tokenizer, first.auto_model, int(model.get_max_seq_length() or 256))
+        probe = ["A short probe sentence, to check the direct path."]
+        want = model.encode(probe, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        got = _forward(direct, torch, probe)
+    except Exception:  # noqa: BLE001 - any surprise in the model's structure: keep to encode
+        return None
+    if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-5:
+        return None
+    return direct
 
 
 # --- lexical-only and the test double --------------------------------------------

@@ -17,7 +17,16 @@ from habitus.errors import (
 )
 from habitus.ledger._codec import from_micros
 from habitus.memory._models import Hit, Recall
-from habitus.memory._retrieval import Evidence, QueryInfo, Scored, analyse, fts_expression, rank, window_micros
+from habitus.memory._retrieval import (
+    Evidence,
+    QueryInfo,
+    Scored,
+    analyse,
+    fts_expression,
+    named_speaker,
+    rank,
+    window_micros,
+)
 from habitus.memory._timeparse import TimeFilter
 from habitus.storage._memory import (
     MemoryRow,
@@ -35,6 +44,9 @@ if TYPE_CHECKING:
 
 
 __all__ = ["_Recalling"]
+
+_FOCUSED_CANDIDATES = 50
+"""Candidates of a dense recall that has only the cosine to rank by (see ``_Recalling._evidence``)."""
 
 
 class _Recalling(_MemoryView):
@@ -109,7 +121,8 @@ class _Recalling(_MemoryView):
         if info.time is not None and info.time.anchor is not None:
             info = await self._resolve_anchor(info, scopes, now, mode)
         qvec = await svc.embed([query]) if mode != "lexical" else None
-        evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k, mode != "dense")
+        filtered = any(f is not None for f in (since, until, kind_set, tag_set, as_of, trust))
+        evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k, mode != "dense", filtered)
         ranked = rank(info, evidence, now=now, tuning=svc.tuning)
         kept = [s for s in ranked if _passes(evidence.rows[s.rid], since, until, kind_set, tag_set, as_of, trust)]
         if svc.reranker is not None and kept:
@@ -142,8 +155,16 @@ class _Recalling(_MemoryView):
         scopes: Sequence[str],
         k: int,
         lexical: bool = True,
+        filtered: bool = False,
     ) -> Evidence:
-        """Gather each signal's evidence for ``info`` over ``scopes`` (runs in a worker thread)."""
+        """Gather each signal's evidence for ``info`` over ``scopes`` (runs in a worker thread).
+
+        Over many memories each signal contributes ``tuning.candidates``; a dense recall
+        with nothing else to weigh (no time window, no speaker named, no filter that might
+        drop candidates) has only the cosine to rank by, so it takes a few times ``k``
+        from the vector index instead: the same order, for a fraction of the index's work
+        and of the rows read.
+        """
         svc = self._svc
         store = svc._store
         tuning = svc.tuning
@@ -152,7 +173,8 @@ class _Recalling(_MemoryView):
         if total == 0:
             return ev
         exact = total <= tuning.exact_below
-        n = total if exact else max(tuning.candidates, 3 * k)
+        focused = not (lexical or filtered or info.time is not None) and named_speaker(info, speakers) is None
+        n = total if exact else max(_FOCUSED_CANDIDATES if focused else tuning.candidates, 3 * k)
         expr = fts_expression(info.terms) if lexical else None
         if expr:
             found_text = store.memory_search(expr, scopes, n)
@@ -194,7 +216,7 @@ class _Recalling(_MemoryView):
         assert window is not None and window.anchor is not None
         anchor_info = analyse(window.anchor, now)
         qvec = await self._svc.embed([window.anchor]) if mode != "lexical" else None
-        evidence = await asyncio.to_thread(self._evidence, anchor_info, qvec, scopes, 3, mode != "dense")
+        evidence = await asyncio.to_thread(self._evidence, anchor_info, qvec, scopes, 3, mode != "dense", False)
         ranked = rank(anchor_info, evidence, now=now, tuning=self._svc.tuning)
         dated = [evidence.rows[s.rid] for s in ranked[:3] if evidence.rows[s.rid].at is not None]
         if not dated:
