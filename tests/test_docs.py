@@ -3,7 +3,9 @@ and the README's Python example runs as written."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -53,43 +55,42 @@ def test_readme_starts_with_exactly_two_commands() -> None:
     assert (README.parent / ".ci" / "run").read_text().count("./dev test") == 1
 
 
+def _run_readme_block(
+    pick: Callable[[list[str]], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> list[str]:
+    """Run the README's Python block that ``pick`` chooses, in an empty folder without HABITUS_*; its output lines."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for env in [k for k in os.environ if k.startswith("HABITUS_")]:
+        monkeypatch.delenv(env)
+    exec(compile(pick(blocks), "README.md", "exec"), {"__name__": "readme"})
+    return capsys.readouterr().out.splitlines()
+
+
 def test_readme_python_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    text = README.read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
-    assert blocks
-    monkeypatch.chdir(tmp_path)
-    for env in [k for k in __import__("os").environ if k.startswith("HABITUS_")]:
-        monkeypatch.delenv(env)
-    exec(compile(blocks[0], "README.md", "exec"), {})
-    out = capsys.readouterr().out.splitlines()
+    out = _run_readme_block(lambda blocks: blocks[0], tmp_path, monkeypatch, capsys)
     assert out == ["['message.sent']", "True"]
 
 
 def test_readme_memory_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    text = README.read_text(encoding="utf-8")
-    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL) if "mem.recall" in b)
-    monkeypatch.chdir(tmp_path)
-    for env in [k for k in __import__("os").environ if k.startswith("HABITUS_")]:
-        monkeypatch.delenv(env)
-    exec(compile(block, "README.md", "exec"), {})
-    out = capsys.readouterr().out.splitlines()
+    out = _run_readme_block(lambda blocks: next(b for b in blocks if "mem.recall" in b), tmp_path, monkeypatch, capsys)
     assert out == ["The north bridge is closed for repairs ['dense', 'time']", "['closed', 'open']"]
 
 
 def test_readme_thinking_agent_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    text = README.read_text(encoding="utf-8")
-    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL) if "ThinkingAgent" in b)
-    monkeypatch.chdir(tmp_path)
-    for env in [k for k in __import__("os").environ if k.startswith("HABITUS_")]:
-        monkeypatch.delenv(env)
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    out = capsys.readouterr().out.splitlines()
+    out = _run_readme_block(
+        lambda blocks: next(b for b in blocks if "ThinkingAgent" in b), tmp_path, monkeypatch, capsys
+    )
     assert out == ["Tomorrow: sunny, 21 °C.", "['model.called', 'tool.called', 'tool.returned']"]
 
 
