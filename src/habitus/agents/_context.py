@@ -338,6 +338,7 @@ class AgentContext:
             on_text=on_text,
             max_tokens=max_tokens,
             temperature=temperature,
+            tainted=self._tainted,
         )
 
     async def call_tool(
@@ -358,7 +359,12 @@ class AgentContext:
                 or a human rejected it (``ApprovalRejectedError``).
         """
         return await self._registry().call(
-            self.principal, name, arguments or {}, causes=self._causes(causes), call_id=call_id
+            self.principal,
+            name,
+            arguments or {},
+            causes=self._causes(causes),
+            call_id=call_id,
+            tainted=self._tainted,
         )
 
     async def build_context(

@@ -282,6 +282,7 @@ class ModelGateway:
         max_tokens: int | None = None,
         temperature: float | None = None,
         on_behalf_of: str | None = None,
+        tainted: bool = False,
     ) -> ModelCall:
         """Ask a model, as ``principal``, and record the call.
 
@@ -298,6 +299,9 @@ class ModelGateway:
             on_text: Stream the answer, calling this with each piece of text.
             max_tokens: Most tokens to generate.
             temperature: Sampling temperature, 0 to 2.
+            tainted: The call is made while handling untrusted content (a handler of an
+                untrusted message): its ``model.called`` (or ``model.failed``) is labelled
+                ``trust: untrusted``, as is every call by a principal labelled untrusted.
             on_behalf_of: The principal ``principal`` acts for; both must be allowed.
 
         Returns:
@@ -317,7 +321,13 @@ class ModelGateway:
         request = _request(model_name, messages, tools, max_tokens, temperature)
         context = context or ContextRecord()
         all_causes = _causes(causes, context)
-        counts = {"memories": len(context.memories), "facts": len(context.facts), "messages": len(context.messages)}
+        counts: dict[str, Any] = {
+            "memories": len(context.memories),
+            "facts": len(context.facts),
+            "messages": len(context.messages),
+        }
+        if tainted or self._control.trust_of(principal) == "untrusted":
+            counts["trust"] = "untrusted"  # carried into model.called or model.failed with the counts
         await self._control.require(principal, "model:use", f"model:{name}/{model_name}", on_behalf_of=on_behalf_of)
         await self._control.check_budget(principal, "tokens", max(estimate_tokens(request_chars(request)), 1))
         record = self._ledger.transaction()  # now: a read-only or closed habitat fails before the call, not after
@@ -376,7 +386,7 @@ class ModelGateway:
         exc: Exception,
         latency: float,
         causes: Sequence[uuid.UUID],
-        counts: dict[str, int],
+        counts: dict[str, Any],
         on_behalf_of: str | None,
     ) -> None:
         meta: dict[str, Any] = {

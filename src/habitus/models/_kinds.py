@@ -37,6 +37,7 @@ class CalledMeta(MetaModel):
     context_tokens: _Count = 0
     truncated: bool = False
     on_behalf_of: _Name | None = None
+    trust: Literal["untrusted"] | None = None
 
 
 class FailedMeta(MetaModel):
@@ -53,6 +54,7 @@ class FailedMeta(MetaModel):
     facts: _Count = 0
     messages: _Count = 0
     on_behalf_of: _Name | None = None
+    trust: Literal["untrusted"] | None = None
 
 
 class EmbeddedMeta(MetaModel):

@@ -36,6 +36,7 @@ class CalledMeta(MetaModel):
     dangerous: bool = False
     sandboxed: bool = False
     on_behalf_of: _Name | None = None
+    trust: Literal["untrusted"] | None = None
 
 
 class ReturnedMeta(MetaModel):

@@ -322,6 +322,7 @@ class ToolRegistry:
         on_behalf_of: str | None = None,
         call_id: str | None = None,
         approval_timeout: float | None = None,
+        tainted: bool = False,
     ) -> ToolResult:
         """Call tool ``name`` as ``principal`` with ``arguments``; record the call and its outcome.
 
@@ -333,6 +334,8 @@ class ToolRegistry:
             on_behalf_of: Whom ``principal`` acts for, if not itself (both must be allowed).
             call_id: The model's id for this call, recorded with it.
             approval_timeout: Longest to wait for a human's approval, when one is needed.
+            tainted: The call is made while handling untrusted content: ``tool.called`` is
+                labelled ``trust: untrusted`` (as is every call by a principal labelled untrusted).
 
         Returns:
             The value, or why the tool failed (bad arguments, an exception, a limit...):
@@ -374,6 +377,8 @@ class ToolRegistry:
             meta["sandboxed"] = True
         if on_behalf_of is not None and on_behalf_of != principal:
             meta["on_behalf_of"] = on_behalf_of
+        if tainted or control.trust_of(principal) == "untrusted":
+            meta["trust"] = "untrusted"
         async with self._ledger.transaction() as tx:
             if principal != "system":
                 await control.charge(tx, principal, "tool_calls")
