@@ -301,7 +301,8 @@ class ModelGateway:
             temperature: Sampling temperature, 0 to 2.
             tainted: The call is made while handling untrusted content (a handler of an
                 untrusted message): its ``model.called`` (or ``model.failed``) is labelled
-                ``trust: untrusted``, as is every call by a principal labelled untrusted.
+                ``trust: untrusted``, as is every call by a principal labelled untrusted and
+                every call whose ``context`` includes untrusted content.
             on_behalf_of: The principal ``principal`` acts for; both must be allowed.
 
         Returns:
@@ -326,7 +327,7 @@ class ModelGateway:
             "facts": len(context.facts),
             "messages": len(context.messages),
         }
-        if tainted or self._control.trust_of(principal) == "untrusted":
+        if tainted or context.untrusted or self._control.trust_of(principal) == "untrusted":
             counts["trust"] = "untrusted"  # carried into model.called or model.failed with the counts
         await self._control.require(principal, "model:use", f"model:{name}/{model_name}", on_behalf_of=on_behalf_of)
         await self._control.check_budget(principal, "tokens", max(estimate_tokens(request_chars(request)), 1))

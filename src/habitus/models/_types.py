@@ -97,7 +97,8 @@ class ContextRecord(_Frozen):
 
     ``memories`` are ``memory.remembered`` events, ``facts`` are ``fact.asserted``
     events and ``messages`` are ``message.sent`` events; each becomes a cause of
-    the ``model.called`` event, so ``why`` on the call lists them.
+    the ``model.called`` event, so ``why`` on the call lists them. ``untrusted``: some
+    of it is labelled untrusted (content from outside), so the call is labelled too.
     """
 
     memories: tuple[uuid.UUID, ...] = ()
@@ -105,6 +106,7 @@ class ContextRecord(_Frozen):
     messages: tuple[uuid.UUID, ...] = ()
     tokens: int = Field(default=0, ge=0)
     budget_tokens: int | None = None
+    untrusted: bool = False
 
 
 OnText = Callable[[str], Awaitable[None] | None]

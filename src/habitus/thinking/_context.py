@@ -197,12 +197,16 @@ async def assemble(
             left_out += sum(1 for m in history[position:] if m.id not in cited)
             break
     system_text, tokens = chosen.render()
+    history_included = chosen.ordered_history()
     record = ContextRecord(
         memories=tuple(hit.record.id for hit in chosen.memories),
         facts=tuple(fact.id for fact in chosen.facts),
-        messages=tuple(message.id for message in chosen.ordered_history()),
+        messages=tuple(message.id for message in history_included),
         tokens=tokens,
         budget_tokens=budget_tokens,
+        untrusted=any(hit.record.trust == "untrusted" for hit in chosen.memories)
+        or any(fact.trust == "untrusted" for fact in chosen.facts)
+        or any(message.trust == "untrusted" for message in history_included),
     )
     return BuiltContext(
         messages=[
