@@ -322,13 +322,13 @@ class ModelGateway:
         request = _request(model_name, messages, tools, max_tokens, temperature)
         context = context or ContextRecord()
         all_causes = _causes(causes, context)
-        counts: dict[str, Any] = {
+        shared: dict[str, Any] = {  # meta that model.called and model.failed both carry
             "memories": len(context.memories),
             "facts": len(context.facts),
             "messages": len(context.messages),
         }
         if tainted or context.untrusted or self._control.trust_of(principal) == "untrusted":
-            counts["trust"] = "untrusted"  # carried into model.called or model.failed with the counts
+            shared["trust"] = "untrusted"
         await self._control.require(principal, "model:use", f"model:{name}/{model_name}", on_behalf_of=on_behalf_of)
         await self._control.check_budget(principal, "tokens", max(estimate_tokens(request_chars(request)), 1))
         record = self._ledger.transaction()  # now: a read-only or closed habitat fails before the call, not after
@@ -339,7 +339,7 @@ class ModelGateway:
                 completion = await slot.provider.complete(request, on_text=on_text)
         except Exception as exc:  # recorded as model.failed, then raised as it was
             latency = 0.0 if started is None else (time.perf_counter() - started) * 1000
-            await self._failed(principal, name, model_name, "chat", exc, latency, all_causes, counts, on_behalf_of)
+            await self._failed(principal, name, model_name, "chat", exc, latency, all_causes, shared, on_behalf_of)
             raise
         latency = (time.perf_counter() - started) * 1000
         usage = completion.usage
@@ -359,7 +359,7 @@ class ModelGateway:
             "tool_calls": [c.name[:256] for c in completion.tool_calls[:32]],
             "streamed": on_text is not None,
             "context_tokens": context.tokens,
-            **counts,
+            **shared,
         }
         if truncated:
             meta["truncated"] = True
@@ -387,7 +387,7 @@ class ModelGateway:
         exc: Exception,
         latency: float,
         causes: Sequence[uuid.UUID],
-        counts: dict[str, Any],
+        shared: dict[str, Any],
         on_behalf_of: str | None,
     ) -> None:
         meta: dict[str, Any] = {
@@ -398,7 +398,7 @@ class ModelGateway:
             "message": (str(exc) or type(exc).__name__)[:1000],
             "attempts": max(int(getattr(exc, "attempts", 1)), 1),
             "latency_ms": round(latency, 3),
-            **counts,
+            **shared,
         }
         if on_behalf_of is not None and on_behalf_of != principal:
             meta["on_behalf_of"] = on_behalf_of

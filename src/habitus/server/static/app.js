@@ -157,7 +157,7 @@ function summary(ev) {
     case "tool.returned":
       return `${m.tool} → ${body}`;
     case "tool.failed":
-      return `${m.tool} failed (${m.error_type || m.error || ""}): ${body}`;
+      return `${m.tool} failed (${m.error}${m.limit ? `: ${m.limit}` : ""}): ${body}`;
     case "decision.made":
       return `decides: ${m.action}`;
     default:
