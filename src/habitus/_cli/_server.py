@@ -41,7 +41,6 @@ async def _run(
     from habitus import _society
     from habitus.server._serve import serve
 
-    society = society and app is None and _society.is_society(settings.path)
     hab = await Habitat.open(settings=settings, create=True)
     token_id: str | None = None
     try:
@@ -50,7 +49,6 @@ async def _run(
             await hab.start(_society.build_society())
             if first:
                 await _society.start_sensors(hab)
-            dashboard_for = dashboard_for or _society.OPERATOR
             model = hab.models.default
             click.echo(
                 f"the greenhouse society runs in {hab.path}/: {len(_society.SOCIETY_AGENTS)} agents, "
@@ -58,8 +56,6 @@ async def _run(
             )
         elif app is not None:
             await hab.start(app)
-        if dashboard_for == "":
-            dashboard_for = _me()
         secret: str | None = None
         if dashboard_for is not None:
             info, secret = await hab.control.tokens.create(dashboard_for, name="dashboard (habitus up)")
@@ -115,7 +111,12 @@ def serve(obj: _Context, host: str | None, port: int | None, app_ref: str | None
 
 @cli.command()
 @_server_options
-@click.option("--as", "principal", metavar="PRINCIPAL", help="Who the dashboard acts as (default: human:<you>).")
+@click.option(
+    "--as",
+    "principal",
+    metavar="PRINCIPAL",
+    help="Who the dashboard acts as (default: the society's owner, human:operator; without it human:<you>).",
+)
 @click.option("--empty", is_flag=True, help="Do not run the greenhouse society (a new habitat stays empty).")
 @click.pass_obj
 def up(
@@ -126,8 +127,11 @@ def up(
     A new habitat (or one made by 'up' before) runs the demo society; a habitat of
     your own is served as it is, with --app to run your agents.
     """
+    from habitus import _society
+
     settings = obj.settings()
     app = load_app(app_ref) if app_ref else None
+    society = not empty and app is None and _society.is_society(settings.path)
     asyncio.run(
         _run(
             settings,
@@ -135,8 +139,8 @@ def up(
             port=settings.server_port if port is None else port,
             dev_principal=None,
             app=app,
-            dashboard_for=principal or "",  # "": the society's operator, or you
-            society=not empty,
+            dashboard_for=principal or (_society.OPERATOR if society else _me()),
+            society=society,
         )
     )
 
