@@ -76,10 +76,40 @@ def test_local_model_knows_its_size_and_embeds_nothing_without_loading() -> None
 
 def test_local_model_is_safe_to_share_between_threads(local: LocalEmbedder) -> None:
     texts = [f"note number {i} about the garden" for i in range(8)]
-    expected = local.embed(texts)
+    expected = np.concatenate([local.embed(texts[i : i + 2]) for i in range(0, 8, 2)])
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda i: local.embed(texts[i : i + 2]), range(0, 8, 2)))
     np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5)
+
+
+def test_a_query_embedded_alone_agrees_with_the_stored_vectors(local: LocalEmbedder) -> None:
+    # A recall embeds its query alone (on the fast path where there is one); what it is compared
+    # with was embedded in batches, in float32.
+    texts = ["When did Dana start learning the cello?", "ok", "The valve in bed 3 was opened at noon by the irrigator."]
+    batch = local.embed([*texts, "padding", "more padding"])[: len(texts)]
+    alone = np.concatenate([local.embed([text]) for text in texts])
+    assert _unit_rows(alone)
+    assert float((alone * batch).sum(axis=1).min()) >= 0.999
+
+
+def test_float32_query_precision_embeds_a_query_exactly_as_a_batch_does() -> None:
+    exact = LocalEmbedder(query_precision="float32")
+    texts = ["When did Dana start learning the cello?", "a second, longer sentence about the garden beds"]
+    batch = exact.embed([*texts, "padding", "more padding", "and more"])[:2]
+    alone = np.concatenate([exact.embed([text]) for text in texts])
+    np.testing.assert_allclose(alone, batch, atol=1e-5)
+
+
+def test_auto_query_precision_uses_bfloat16_where_the_cpu_computes_it(local: LocalEmbedder) -> None:
+    torch = pytest.importorskip("torch")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    local.embed(["load"])
+    assert (local._fast is not None) == native
+
+
+def test_query_precision_must_be_auto_or_float32() -> None:
+    with pytest.raises(InvalidRequestError, match="query_precision must be 'auto' or 'float32'"):
+        LocalEmbedder(query_precision="int8")  # type: ignore[arg-type]
 
 
 def test_importing_the_module_or_building_the_embedder_does_not_import_torch() -> None:

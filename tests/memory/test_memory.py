@@ -409,3 +409,47 @@ async def test_a_dense_recall_naming_a_speaker_still_finds_their_memory(hab: Hab
     hab.memories.tuning = Tuning(exact_below=5, candidates=200)
     hits = await mem.recall("what did Orla say about the harbour crane?", k=3, mode="dense")
     assert hits[0].record.id == theirs.id and hits[0].why.get("speaker") == "Orla"
+
+
+class _Broken:
+    """An embedder whose model has gone away after the memories were stored."""
+
+    name = HashEmbedder(dim=128).name
+    dim = 128
+
+    def embed(self, texts: Sequence[str]) -> object:
+        raise RuntimeError("the model server went away")
+
+
+async def test_a_recall_whose_query_cannot_be_embedded_fails_and_records_nothing(hab: Habitat) -> None:
+    from habitus.errors import EmbedderError
+
+    mem = hab.memory("ada")
+    await mem.remember("the ferry leaves at dawn")
+    before = await hab.ledger.count()
+    working = hab.memories.embedder
+    hab.use_embedder(_Broken())  # type: ignore[arg-type]
+    with pytest.raises(EmbedderError, match="the model server went away"):
+        await mem.recall("when does the ferry leave?")
+    assert await hab.ledger.count() == before  # no memory.recalled for a recall that failed
+    assert len(await mem.recall("when does the ferry leave?", mode="lexical")) == 1
+    hab.use_embedder(working)
+    assert (await mem.recall("when does the ferry leave?"))[0].record.text == "the ferry leaves at dawn"
+
+
+async def test_over_many_memories_a_candidate_found_by_time_alone_still_gets_its_cosine(hab: Habitat) -> None:
+    """Over many memories the vector index returns only its best candidates; a memory found by the
+    query's time window alone is scored by its stored vector (read while the query is embedded)."""
+    from habitus.memory import Tuning
+
+    mem = hab.memory("ada")
+    await mem.remember_many(
+        [{"text": f"we walked the dog along the canal, walk {i}", "at": _day(2023, 8, 2)} for i in range(60)]
+    )
+    may = await mem.remember("the orchard was in bloom", at=_day(2023, 5, 14))
+    hab.memories.tuning = Tuning(exact_below=5, candidates=10)
+    hits = await mem.recall("what did we do with the dog in May 2023?", k=61, mode="dense", now=_day(2024, 1, 1))
+    found = next(h for h in hits if h.record.id == may.id)
+    assert found.why.get("time") and "dense" in found.why
+    vectors = hab.memories.embedder.embed(["what did we do with the dog in May 2023?", may.text])
+    assert found.why["dense"]["similarity"] == round(float(vectors[0] @ vectors[1]), 4)

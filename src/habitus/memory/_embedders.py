@@ -24,6 +24,7 @@ carries the URL and the HTTP status).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -33,7 +34,7 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -146,6 +147,12 @@ class LocalEmbedder:
             setting); ``None`` leaves torch's default.
         name: The identifier recorded with vectors; default ``"st:"`` plus the model's
             directory or repository name.
+        query_precision: ``"auto"`` embeds a few texts at a time (a recall's query) with a
+            bfloat16 copy of the model where the CPU computes bfloat16 natively (AVX512-BF16
+            or AMX) and the copy agrees with the model (cosine at least 0.999 on probe
+            texts, checked at load): a single query is bound by reading the weights, which
+            bfloat16 halves (about 3 of 8 ms for MiniLM). ``"float32"`` never does.
+            Batches, and so every stored vector, are always float32.
 
     Raises:
         InvalidRequestError: ``model`` looks like a path and is not a directory.
@@ -161,11 +168,14 @@ class LocalEmbedder:
         device: str = "cpu",
         threads: int | None = None,
         name: str | None = None,
+        query_precision: Literal["auto", "float32"] = "auto",
     ) -> None:
         if batch_size < 1:
             raise InvalidRequestError(f"batch_size must be at least 1, got {batch_size!r}")
         if threads is not None and threads < 1:
             raise InvalidRequestError(f"threads must be at least 1, got {threads!r}")
+        if query_precision not in ("auto", "float32"):
+            raise InvalidRequestError(f"query_precision must be 'auto' or 'float32', not {query_precision!r}")
         if model is None:
             self._source: str = str(_default_model_path())
             default_name = f"st:{DEFAULT_LOCAL_MODEL_NAME}"
@@ -187,6 +197,8 @@ class LocalEmbedder:
         self._model: SentenceTransformer | None = None
         self._torch: Any = None  # the torch module, once the model is loaded
         self._direct: Any = None  # (tokenizer, transformer) when the model is plain mean pooling: see _direct_path
+        self._query_precision = query_precision
+        self._fast: Any = None  # the same with a bfloat16 transformer, for a few texts: see _bfloat16_path
         self._dim = _dim_from_config(Path(self._source)) if Path(self._source).is_dir() else None
 
     def __repr__(self) -> str:
@@ -231,6 +243,8 @@ class LocalEmbedder:
             self._torch = torch
             self._model = model
             self._direct = _direct_path(model, torch)
+            if self._direct is not None and self._query_precision == "auto" and self._device == "cpu":
+                self._fast = _bfloat16_path(self._direct, torch)
             return model
 
     def embed(self, texts: Sequence[str]) -> Vectors:
@@ -251,8 +265,8 @@ class LocalEmbedder:
             if few:
                 torch.set_num_threads(1)
             try:
-                if few and self._direct is not None:
-                    vectors = _forward(self._direct, torch, list(texts))
+                if few and (self._fast or self._direct) is not None:
+                    vectors = _forward(self._fast or self._direct, torch, list(texts))
                 else:
                     vectors = model.encode(
                         list(texts),
@@ -275,10 +289,39 @@ def _forward(direct: tuple[Any, Any, int], torch: Any, texts: list[str]) -> Any:
     tokenizer, transformer, max_length = direct
     with torch.inference_mode():
         features = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        hidden = transformer(**features).last_hidden_state
+        hidden = transformer(**features).last_hidden_state.float()
         mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+
+_PROBES = (
+    "A short probe sentence, to check the direct path.",
+    "When did the team last meet to plan the spring release?",
+    "ok",
+    "Remember to water the tomatoes in bed 3 before the heat wave arrives on Thursday afternoon.",
+)
+
+
+def _bfloat16_path(direct: tuple[Any, Any, int], torch: Any) -> tuple[Any, Any, int] | None:
+    """``direct`` with a bfloat16 copy of its transformer, if this CPU computes bfloat16 natively and
+    the copy's vectors agree with the float32 model's on probe texts (cosine at least 0.999); else ``None``."""
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # an older torch without these probes: keep float32
+        return None
+    if not native:
+        return None
+    tokenizer, transformer, max_length = direct
+    try:
+        fast = (tokenizer, copy.deepcopy(transformer).to(torch.bfloat16).eval(), max_length)
+        want = _forward(direct, torch, list(_PROBES))
+        got = _forward(fast, torch, list(_PROBES))
+    except Exception:  # noqa: BLE001 - any failure of the copy: keep float32
+        return None
+    if got.shape != want.shape or float((got * want).sum(axis=1).min()) < 0.999:
+        return None
+    return fast
 
 
 def _direct_path(model: Any, torch: Any) -> tuple[Any, Any, int] | None:

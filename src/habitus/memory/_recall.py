@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,6 +48,23 @@ __all__ = ["_Recalling"]
 
 _FOCUSED_CANDIDATES = 50
 """Candidates of a dense recall that has only the cosine to rank by (see ``_Recalling._evidence``)."""
+
+
+def _drop_outcome(future: asyncio.Future[Any]) -> None:
+    """Retrieve a future's outcome that nobody awaits (so asyncio does not log it as lost)."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(slots=True)
+class _Gathered:
+    """What a recall gathered before its query's vector was known (see ``_Recalling._gather``)."""
+
+    evidence: Evidence
+    scopes: Sequence[str]
+    n: int  # candidates each signal contributes
+    exact: bool  # few enough memories that the vector index scores every one
+    vectors: dict[int, tuple[str, bytes]] = field(default_factory=dict)  # early candidates' stored vectors
 
 
 class _Recalling(_MemoryView):
@@ -120,9 +138,19 @@ class _Recalling(_MemoryView):
         info = analyse(query, now)
         if info.time is not None and info.time.anchor is not None:
             info = await self._resolve_anchor(info, scopes, now, mode)
-        qvec = await svc.embed([query]) if mode != "lexical" else None
         filtered = any(f is not None for f in (since, until, kind_set, tag_set, as_of, trust))
-        evidence = await asyncio.to_thread(self._evidence, info, qvec, scopes, k, mode != "dense", filtered)
+        # The query is embedded (one thread) while the evidence that needs no vector is gathered.
+        embedding = asyncio.ensure_future(svc.embed([query])) if mode != "lexical" else None
+        try:
+            gathered = await asyncio.to_thread(
+                self._gather, info, scopes, k, mode != "dense", filtered, embedding is not None
+            )
+        except BaseException:
+            if embedding is not None:
+                embedding.add_done_callback(_drop_outcome)  # the gathering's error is the one to raise
+            raise
+        qvec = await embedding if embedding is not None else None
+        evidence = await asyncio.to_thread(self._dense_evidence, gathered, qvec, k)
         ranked = rank(info, evidence, now=now, tuning=svc.tuning)
         kept = [s for s in ranked if _passes(evidence.rows[s.rid], since, until, kind_set, tag_set, as_of, trust)]
         if svc.reranker is not None and kept:
@@ -157,53 +185,86 @@ class _Recalling(_MemoryView):
         lexical: bool = True,
         filtered: bool = False,
     ) -> Evidence:
-        """Gather each signal's evidence for ``info`` over ``scopes`` (runs in a worker thread).
+        """Gather each signal's evidence for ``info`` over ``scopes`` (runs in a worker thread)."""
+        return self._dense_evidence(self._gather(info, scopes, k, lexical, filtered, qvec is not None), qvec, k)
 
-        Over many memories each signal contributes ``tuning.candidates``; a dense recall
-        with nothing else to weigh (no time window, no speaker named, no filter that might
-        drop candidates) has only the cosine to rank by, so it takes a few times ``k``
-        from the vector index instead: the same order, for a fraction of the index's work
-        and of the rows read.
+    def _gather(
+        self, info: QueryInfo, scopes: Sequence[str], k: int, lexical: bool, filtered: bool, dense: bool
+    ) -> _Gathered:
+        """The evidence that needs no query vector (runs in a worker thread, while the query is embedded).
+
+        Scope statistics, both full-text searches, the time window, the rows of those
+        candidates and, over many memories, their stored vectors (for their cosine once the
+        query's vector is known). Over many memories each signal contributes
+        ``tuning.candidates``; a dense recall with nothing else to weigh (no time window, no
+        speaker named, no filter that might drop candidates) has only the cosine to rank by,
+        so it takes a few times ``k`` from the vector index instead: the same order, for a
+        fraction of the index's work and of the rows read.
         """
-        svc = self._svc
-        store = svc._store
-        tuning = svc.tuning
+        store = self._svc._store
+        tuning = self._svc.tuning
         total, speakers = store.memory_scope_stats(scopes)
         ev = Evidence(total=total, speakers=speakers)
-        if total == 0:
-            return ev
         exact = total <= tuning.exact_below
+        if total == 0:
+            return _Gathered(ev, scopes, 0, exact)
         focused = not (lexical or filtered or info.time is not None) and named_speaker(info, speakers) is None
         n = total if exact else max(_FOCUSED_CANDIDATES if focused else tuning.candidates, 3 * k)
         expr = fts_expression(info.terms) if lexical else None
         if expr:
-            found_text = store.memory_search(expr, scopes, n)
-            ev.lexical = dict(found_text)
+            ev.lexical = dict(store.memory_search(expr, scopes, n))
             ev.threads = {tid: (score, size) for tid, score, size in store.memory_thread_search(expr, scopes, n)}
+        if info.time is not None and (info.time.start is not None or info.time.end is not None):
+            start, end = window_micros(info.time, tuning.time_slack_days)
+            ev.window = store.memory_window(scopes, start, end, n)
+        early = list(dict.fromkeys([*ev.lexical, *ev.window]))
+        ev.rows = {row.rid: row for row in store.memories(early)} if early else {}
+        # Over many memories the vector index returns only its best candidates: the others'
+        # cosines come from their stored vectors, read now rather than after the embedding.
+        vectors = store.memory_vectors_of(list(ev.rows)) if dense and not exact and ev.rows else {}
+        return _Gathered(ev, scopes, n, exact, vectors)
+
+    def _dense_evidence(self, got: _Gathered, qvec: np.ndarray[Any, Any] | None, k: int) -> Evidence:
+        """Complete ``got`` with the vector index's candidates for ``qvec`` and every candidate's row and cosine."""
+        ev, n, exact = got.evidence, got.n, got.exact
+        if ev.total == 0:
+            return ev
+        svc = self._svc
+        store = svc._store
         space = svc._vectors()
+        scopes = got.scopes
+        wanted: list[int] = []
         if qvec is not None and space is not None:
             q = qvec[0]
             found = space.search(scopes, q, n)
             ev.dense = dict(found)
-            if exact and len(found) >= total * 0.9:
+            if exact and len(found) >= ev.total * 0.9:
                 values = np.fromiter(ev.dense.values(), dtype=np.float64)
                 ev.dense_stats = (float(values.mean()), float(values.std()))
             else:
                 ev.dense_stats = svc._dense_stats(scopes, q)
-        if info.time is not None and (info.time.start is not None or info.time.end is not None):
-            start, end = window_micros(info.time, tuning.time_slack_days)
-            ev.window = store.memory_window(scopes, start, end, n)
-        wanted = list(dict.fromkeys([*ev.lexical, *(ev.dense if not exact else []), *ev.window]))
-        if exact:  # every memory has a dense score: the best by it are candidates too
-            best = sorted(ev.dense.items(), key=lambda kv: -kv[1])[: max(tuning.candidates, 3 * k)]
-            wanted = list(dict.fromkeys([*wanted, *(rid for rid, _ in best)]))
-        ev.rows = {row.rid: row for row in store.memories(wanted)}
+            if exact:  # every memory has a dense score: the best by it are candidates
+                wanted = [
+                    rid
+                    for rid, _ in sorted(ev.dense.items(), key=lambda kv: -kv[1])[: max(svc.tuning.candidates, 3 * k)]
+                ]
+            else:
+                wanted = list(ev.dense)
+        late = [rid for rid in wanted if rid not in ev.rows]
+        if late:
+            ev.rows.update((row.rid, row) for row in store.memories(late))
+        if qvec is None or space is None:
+            return ev
         missing = [rid for rid in ev.rows if rid not in ev.dense]
-        if qvec is not None and space is not None and missing:
-            name = svc.embedder.name
-            for rid, (embedder, blob) in store.memory_vectors_of(missing).items():
-                if embedder == name:
-                    ev.dense[rid] = float(np.frombuffer(blob, dtype=np.float32) @ qvec[0])
+        vectors = got.vectors
+        unread = [rid for rid in missing if rid not in vectors]
+        if unread:
+            vectors = {**vectors, **store.memory_vectors_of(unread)}
+        name = svc.embedder.name
+        for rid in missing:
+            stored = vectors.get(rid)
+            if stored is not None and stored[0] == name:
+                ev.dense[rid] = float(np.frombuffer(stored[1], dtype=np.float32) @ qvec[0])
         return ev
 
     async def _resolve_anchor(
