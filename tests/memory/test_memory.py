@@ -453,3 +453,28 @@ async def test_over_many_memories_a_candidate_found_by_time_alone_still_gets_its
     assert found.why.get("time") and "dense" in found.why
     vectors = hab.memories.embedder.embed(["what did we do with the dog in May 2023?", may.text])
     assert found.why["dense"]["similarity"] == round(float(vectors[0] @ vectors[1]), 4)
+
+
+async def test_pruning_window_candidates_by_cosine_keeps_the_same_top_hits(hab: Habitat) -> None:
+    """Over many memories, the time window's candidates are read only if their cosine may reach the
+    top; the hits must be those of reading them all (which a filter forces: it may drop rows)."""
+    from habitus.memory import Tuning
+
+    mem = hab.memory("ada")
+    animals = ("fox", "heron", "kite", "otter", "badger", "owl", "vole", "stoat")
+    places = ("mill", "bridge", "orchard", "canal", "quarry")
+    await mem.remember_many(
+        [
+            {"text": f"saw a {a} near the {p}, sighting {i}", "at": _day(2023, 5, 1 + i % 28)}
+            for i, (a, p) in enumerate((a, p) for a in animals for p in places for _ in range(3))
+        ]
+        + [{"text": f"saw a {a} by the {p} in autumn", "at": _day(2023, 10, 3)} for a in animals for p in places]
+    )
+    hab.memories.tuning = Tuning(exact_below=5, candidates=60)  # more window rows than it keeps
+    query = "did we see an otter by the canal in May 2023?"
+    now = _day(2024, 1, 1)
+    pruned = await mem.recall(query, k=5, mode="dense", now=now)
+    later = datetime.now(UTC) + timedelta(days=1)  # drops nothing, but a filter turns the pruning off
+    everything = await mem.recall(query, k=5, mode="dense", now=now, as_of=later)
+    assert [(h.record.id, h.score) for h in pruned] == [(h.record.id, h.score) for h in everything]
+    assert pruned[0].why.get("time") and "otter" in pruned[0].record.text

@@ -64,6 +64,7 @@ class _Gathered:
     scopes: Sequence[str]
     n: int  # candidates each signal contributes
     exact: bool  # few enough memories that the vector index scores every one
+    prunable: bool = False  # window candidates are read only if their cosine may reach the top
     vectors: dict[int, tuple[str, bytes]] = field(default_factory=dict)  # early candidates' stored vectors
 
 
@@ -195,7 +196,8 @@ class _Recalling(_MemoryView):
 
         Scope statistics, both full-text searches, the time window, the rows of those
         candidates and, over many memories, their stored vectors (for their cosine once the
-        query's vector is known). Over many memories each signal contributes
+        query's vector is known). When the window's candidates can differ only by their
+        cosine, their rows wait: :meth:`_dense_evidence` reads those of the best few. Over many memories each signal contributes
         ``tuning.candidates``; a dense recall with nothing else to weigh (no time window, no
         speaker named, no filter that might drop candidates) has only the cosine to rank by,
         so it takes a few times ``k`` from the vector index instead: the same order, for a
@@ -217,12 +219,24 @@ class _Recalling(_MemoryView):
         if info.time is not None and (info.time.start is not None or info.time.end is not None):
             start, end = window_micros(info.time, tuning.time_slack_days)
             ev.window = store.memory_window(scopes, start, end, n)
-        early = list(dict.fromkeys([*ev.lexical, *ev.window]))
+        # Window candidates differ from one another only by their cosine when nothing else
+        # distinguishes them (no thread evidence, no speaker named, no recency bonus, no filter
+        # that might drop some): then only the best few by cosine can reach the top, and only
+        # their rows are read, once the query's vector is known.
+        prunable = (
+            dense
+            and not ev.threads
+            and not filtered
+            and not tuning.recency_half_life_days
+            and named_speaker(info, speakers) is None
+        )
+        early = list(ev.lexical) if prunable else list(dict.fromkeys([*ev.lexical, *ev.window]))
         ev.rows = {row.rid: row for row in store.memories(early)} if early else {}
         # Over many memories the vector index returns only its best candidates: the others'
         # cosines come from their stored vectors, read now rather than after the embedding.
-        vectors = store.memory_vectors_of(list(ev.rows)) if dense and not exact and ev.rows else {}
-        return _Gathered(ev, scopes, n, exact, vectors)
+        scored = list(dict.fromkeys([*ev.rows, *(ev.window if prunable else ())]))
+        vectors = store.memory_vectors_of(scored) if dense and not exact and scored else {}
+        return _Gathered(ev, scopes, n, exact, prunable, vectors)
 
     def _dense_evidence(self, got: _Gathered, qvec: np.ndarray[Any, Any] | None, k: int) -> Evidence:
         """Complete ``got`` with the vector index's candidates for ``qvec`` and every candidate's row and cosine."""
@@ -232,39 +246,51 @@ class _Recalling(_MemoryView):
         svc = self._svc
         store = svc._store
         space = svc._vectors()
-        scopes = got.scopes
-        wanted: list[int] = []
-        if qvec is not None and space is not None:
-            q = qvec[0]
-            found = space.search(scopes, q, n)
-            ev.dense = dict(found)
-            if exact and len(found) >= ev.total * 0.9:
-                values = np.fromiter(ev.dense.values(), dtype=np.float64)
-                ev.dense_stats = (float(values.mean()), float(values.std()))
-            else:
-                ev.dense_stats = svc._dense_stats(scopes, q)
-            if exact:  # every memory has a dense score: the best by it are candidates
-                wanted = [
-                    rid
-                    for rid, _ in sorted(ev.dense.items(), key=lambda kv: -kv[1])[: max(svc.tuning.candidates, 3 * k)]
-                ]
-            else:
-                wanted = list(ev.dense)
-        late = [rid for rid in wanted if rid not in ev.rows]
+        if qvec is None or space is None:  # no cosines: every candidate of the other signals counts
+            late = [rid for rid in ev.window if rid not in ev.rows]
+            if late:
+                ev.rows.update((row.rid, row) for row in store.memories(late))
+            return ev
+        q = qvec[0]
+        found = space.search(got.scopes, q, n)
+        ev.dense = dict(found)
+        if exact and len(found) >= ev.total * 0.9:
+            values = np.fromiter(ev.dense.values(), dtype=np.float64)
+            ev.dense_stats = (float(values.mean()), float(values.std()))
+        else:
+            ev.dense_stats = svc._dense_stats(got.scopes, q)
+        if exact:  # every memory has a dense score: the best by it are candidates
+            best = sorted(ev.dense.items(), key=lambda kv: -kv[1])[: max(svc.tuning.candidates, 3 * k)]
+            wanted = [rid for rid, _ in best]
+        else:
+            wanted = list(ev.dense)
+        vectors = got.vectors
+        name = svc.embedder.name
+
+        def cosine(rid: int) -> float | None:
+            if rid in ev.dense:
+                return ev.dense[rid]
+            stored = vectors.get(rid)
+            if stored is None or stored[0] != name:
+                return None
+            value = ev.dense[rid] = float(np.frombuffer(stored[1], dtype=np.float32) @ q)
+            return value
+
+        if got.prunable:
+            taken = {*ev.rows, *wanted}
+            extra = [rid for rid in ev.window if rid not in taken]
+            scores = {rid: cosine(rid) for rid in extra}
+            keep = max(3 * k, svc.tuning.rerank_depth)
+            ranked = sorted((rid for rid in extra if scores[rid] is not None), key=lambda rid: -(scores[rid] or 0.0))
+            wanted += ranked[:keep] + [rid for rid in extra if scores[rid] is None]  # no cosine: cannot be ranked out
+        late = list(dict.fromkeys(rid for rid in wanted if rid not in ev.rows))
         if late:
             ev.rows.update((row.rid, row) for row in store.memories(late))
-        if qvec is None or space is None:
-            return ev
-        missing = [rid for rid in ev.rows if rid not in ev.dense]
-        vectors = got.vectors
-        unread = [rid for rid in missing if rid not in vectors]
-        if unread:
-            vectors = {**vectors, **store.memory_vectors_of(unread)}
-        name = svc.embedder.name
-        for rid in missing:
-            stored = vectors.get(rid)
-            if stored is not None and stored[0] == name:
-                ev.dense[rid] = float(np.frombuffer(stored[1], dtype=np.float32) @ qvec[0])
+        missing = [rid for rid in ev.rows if rid not in ev.dense and rid not in vectors]
+        if missing:
+            vectors = {**vectors, **store.memory_vectors_of(missing)}
+        for rid in ev.rows:
+            cosine(rid)
         return ev
 
     async def _resolve_anchor(
