@@ -447,3 +447,41 @@ def test_hnsw_reaches_095_recall_at_10_and_takes_adds_and_removals() -> None:
     assert not np.any(np.all(np.isclose(exported[:, None, :5], vectors[None, :50, :5]), axis=2))
     index.add(keys[:1], vectors[:1])  # re-adding a removed key brings it back
     assert keys_of(index.search(vectors[0], 1)) == [int(keys[0])]
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf", "pca", "hnsw"])
+def test_vectors_of_returns_the_stored_vectors_of_live_keys_only(kind: str) -> None:
+    if kind == "hnsw" and not HNSWIndex.available():
+        pytest.skip("hnswlib is not installed")
+    vectors = clustered(3_000, seed=31)
+    keys = np.arange(10, 3_010, dtype=np.int64)
+    index: ExactIndex | IVFIndex | PCAIndex | HNSWIndex
+    if kind == "exact":
+        index = ExactIndex(DIM, keys, vectors)
+    elif kind == "ivf":
+        index = IVFIndex(DIM, keys, vectors)
+    elif kind == "pca":
+        index = PCAIndex(DIM, keys, vectors)
+    else:
+        index = HNSWIndex(DIM, keys, vectors, ef=64)
+    index.remove([10, 11])
+    index.add([12], vectors[500][None, :])  # replaced: the new vector, once
+    found, got = index.vectors_of([10, 11, 12, 13, 2_000, 99_999])
+    by_key = dict(zip(found.tolist(), got, strict=True))
+    assert sorted(by_key) == [12, 13, 2_000] and len(found) == 3
+    np.testing.assert_array_equal(by_key[12], vectors[500])
+    np.testing.assert_array_equal(by_key[13], vectors[3])
+    np.testing.assert_array_equal(by_key[2_000], vectors[1_990])
+
+
+def test_space_vectors_of_reads_only_loaded_partitions_and_never_loads_one() -> None:
+    calls: list[str] = []
+    data, space = _space_loader({"a": 500, "b": 400}, calls)
+    keys_a, vectors_a = data["a"]
+    keys_b, _ = data["b"]
+    assert space.vectors_of(["a", "b"], [int(keys_a[3]), int(keys_b[4])]) == {}
+    assert calls == []
+    space.search(["a"], vectors_a[0], 1)
+    got = space.vectors_of(["a", "b"], [int(keys_a[3]), int(keys_b[4]), -1])
+    assert list(got) == [int(keys_a[3])] and calls == ["a"]
+    np.testing.assert_array_equal(got[int(keys_a[3])], vectors_a[3])

@@ -160,6 +160,16 @@ class HNSWIndex:
             out_k, out_s = out_k[keep], out_s[keep]
         return out_k[:k], out_s[:k]
 
+    def vectors_of(self, keys: npt.ArrayLike) -> tuple[Keys, Vectors]:
+        """The vectors of those of ``keys`` that are live here, in the order given."""
+        k = _as_keys(keys)
+        with self._lock:
+            live = np.asarray([key for key in k.tolist() if key in self._live], dtype=np.int64)
+            if not len(live):
+                return live, np.zeros((0, self._dim), np.float32)
+            vectors = np.asarray(self._graph.get_items(live, return_type="numpy"), dtype=np.float32)
+        return live, vectors.reshape(len(live), self._dim)
+
     def export(self) -> tuple[Keys, Vectors]:
         """A copy of every live key and its vector."""
         with self._lock:

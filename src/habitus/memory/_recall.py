@@ -65,7 +65,7 @@ class _Gathered:
     n: int  # candidates each signal contributes
     exact: bool  # few enough memories that the vector index scores every one
     prunable: bool = False  # window candidates are read only if their cosine may reach the top
-    vectors: dict[int, tuple[str, bytes]] = field(default_factory=dict)  # early candidates' stored vectors
+    vectors: dict[int, np.ndarray[Any, Any]] = field(default_factory=dict)  # early candidates' stored vectors
 
 
 class _Recalling(_MemoryView):
@@ -197,11 +197,12 @@ class _Recalling(_MemoryView):
         Scope statistics, both full-text searches, the time window, the rows of those
         candidates and, over many memories, their stored vectors (for their cosine once the
         query's vector is known). When the window's candidates can differ only by their
-        cosine, their rows wait: :meth:`_dense_evidence` reads those of the best few. Over many memories each signal contributes
-        ``tuning.candidates``; a dense recall with nothing else to weigh (no time window, no
-        speaker named, no filter that might drop candidates) has only the cosine to rank by,
-        so it takes a few times ``k`` from the vector index instead: the same order, for a
-        fraction of the index's work and of the rows read.
+        cosine, their rows wait: :meth:`_dense_evidence` reads those of the best few.
+
+        Over many memories each signal contributes ``tuning.candidates``; a dense recall with
+        nothing else to weigh (no time window, no speaker named, no filter that might drop
+        candidates) has only the cosine to rank by, so it takes a few times ``k`` from the vector
+        index instead: the same order, for a fraction of the index's work and of the rows read.
         """
         store = self._svc._store
         tuning = self._svc.tuning
@@ -235,8 +236,22 @@ class _Recalling(_MemoryView):
         # Over many memories the vector index returns only its best candidates: the others'
         # cosines come from their stored vectors, read now rather than after the embedding.
         scored = list(dict.fromkeys([*ev.rows, *(ev.window if prunable else ())]))
-        vectors = store.memory_vectors_of(scored) if dense and not exact and scored else {}
+        vectors = self._stored_vectors(scopes, scored) if dense and not exact and scored else {}
         return _Gathered(ev, scopes, n, exact, prunable, vectors)
+
+    def _stored_vectors(self, scopes: Sequence[str], rids: Sequence[int]) -> dict[int, np.ndarray[Any, Any]]:
+        """``rid -> vector`` (of the current embedder) for those of ``rids`` that have one: from the
+        vector indexes in memory where they hold them, else from the store."""
+        svc = self._svc
+        space = svc._vectors()
+        found = space.vectors_of(scopes, rids) if space is not None else {}
+        rest = [rid for rid in rids if rid not in found]
+        if rest:
+            name = svc.embedder.name
+            for rid, (embedder, blob) in svc._store.memory_vectors_of(rest).items():
+                if embedder == name:
+                    found[rid] = np.frombuffer(blob, dtype=np.float32)
+        return found
 
     def _dense_evidence(self, got: _Gathered, qvec: np.ndarray[Any, Any] | None, k: int) -> Evidence:
         """Complete ``got`` with the vector index's candidates for ``qvec`` and every candidate's row and cosine."""
@@ -265,15 +280,14 @@ class _Recalling(_MemoryView):
         else:
             wanted = list(ev.dense)
         vectors = got.vectors
-        name = svc.embedder.name
 
         def cosine(rid: int) -> float | None:
             if rid in ev.dense:
                 return ev.dense[rid]
             stored = vectors.get(rid)
-            if stored is None or stored[0] != name:
+            if stored is None:
                 return None
-            value = ev.dense[rid] = float(np.frombuffer(stored[1], dtype=np.float32) @ q)
+            value = ev.dense[rid] = float(stored @ q)
             return value
 
         if got.prunable:
@@ -288,7 +302,7 @@ class _Recalling(_MemoryView):
             ev.rows.update((row.rid, row) for row in store.memories(late))
         missing = [rid for rid in ev.rows if rid not in ev.dense and rid not in vectors]
         if missing:
-            vectors = {**vectors, **store.memory_vectors_of(missing)}
+            vectors = {**vectors, **self._stored_vectors(got.scopes, missing)}
         for rid in ev.rows:
             cosine(rid)
         return ev

@@ -10,6 +10,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+import numpy as np
 import numpy.typing as npt
 
 from habitus.memory._hnsw import HNSWIndex
@@ -171,6 +172,22 @@ class VectorSpace:
                 if score > found.get(key, -math.inf):
                     found[key] = score
         return sorted(found.items(), key=lambda pair: (-pair[1], pair[0]))[:k]
+
+    def vectors_of(self, partitions: Sequence[str], keys: Sequence[int]) -> dict[int, npt.NDArray[np.float32]]:
+        """``key -> vector`` for those of ``keys`` that the loaded indexes of ``partitions`` hold and
+        find cheaply (see :meth:`~habitus.memory._vectors.VectorIndex.vectors_of`); never loads one."""
+        out: dict[int, npt.NDArray[np.float32]] = {}
+        wanted = np.asarray(list(keys), dtype=np.int64)
+        for name in dict.fromkeys(partitions):
+            with self._lock:
+                part = self._parts.get(name)
+                index = part.index if part is not None else None
+            if index is None or not len(wanted):
+                continue
+            found, vectors = index.vectors_of(wanted)
+            out.update(zip(found.tolist(), vectors, strict=True))
+            wanted = wanted[~np.isin(wanted, found)]
+        return out
 
     def add(self, partition: str, keys: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
         """Add ``vectors[i]`` under ``keys[i]`` to ``partition`` (replacing a key already there).

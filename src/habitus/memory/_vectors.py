@@ -67,6 +67,10 @@ _TARGET_RECALL = 0.97  # on synthetic calibration queries: a margin over the 0.9
 _RETRAIN_GROWTH = 2.0
 
 
+LOOKUP_MAX = 65_536
+"""Largest segment :meth:`_SegmentedIndex.vectors_of` scans for keys (about 0.2 ms)."""
+
+
 def _as_keys(keys: npt.ArrayLike) -> Keys:
     k = np.asarray(keys)
     if k.size == 0:
@@ -145,6 +149,10 @@ class VectorIndex(Protocol):
 
     def export(self) -> tuple[Keys, Vectors]:
         """A copy of every live key and its vector (safe to call while others write)."""
+        ...
+
+    def vectors_of(self, keys: npt.ArrayLike) -> tuple[Keys, Vectors]:
+        """The vectors of those of ``keys`` the index holds and can find cheaply (in no particular order)."""
         ...
 
 
@@ -318,6 +326,37 @@ class _SegmentedIndex(ABC):
             keep = ~np.isin(keys, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
             keys, scores = keys[keep], scores[keep]
         return keys[:k], scores[:k]
+
+    def vectors_of(self, keys: npt.ArrayLike) -> tuple[Keys, Vectors]:
+        """The vectors of those of ``keys`` that are here, in no particular order.
+
+        A key's segment is known; its row is found by a scan of the segment's keys, so a
+        segment of more than :data:`LOOKUP_MAX` rows is not scanned (its keys are left out:
+        the caller reads them elsewhere).
+        """
+        k = _as_keys(keys)
+        by_segment: dict[int, list[int]] = {}
+        with self._lock:
+            for key in k.tolist():
+                seg = self._where.get(key)
+                if seg is not None:
+                    by_segment.setdefault(seg, []).append(key)
+            views = {seg: self._segments[seg].view() for seg in by_segment}
+        found_k: list[Keys] = []
+        found_v: list[Vectors] = []
+        for seg, wanted in by_segment.items():
+            vecs, seg_keys, live, n = views[seg]
+            if n > LOOKUP_MAX:
+                continue
+            hit = np.isin(seg_keys[:n], np.asarray(wanted, dtype=np.int64))
+            if live is not None:
+                hit &= live[:n]
+            rows = np.flatnonzero(hit)
+            found_k.append(seg_keys[rows])
+            found_v.append(vecs[rows])
+        if not found_k:
+            return np.zeros(0, np.int64), np.zeros((0, self._dim), np.float32)
+        return np.concatenate(found_k), np.concatenate(found_v)
 
     def export(self) -> tuple[Keys, Vectors]:
         """A copy of every live key and its vector, as of the call (safe while others write)."""
