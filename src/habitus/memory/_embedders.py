@@ -330,7 +330,7 @@ def _direct_path(model: Any, torch: Any) -> tuple[Any, Any, int] | None:
     try:
         first = model[0]
         direct = (model.tokenizer, first.auto_model, int(model.get_max_seq_length() or 256))
-        probe = ["A short probe sentence, to check the direct path."]
+        probe = [_PROBES[0]]
         want = model.encode(probe, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
         got = _forward(direct, torch, probe)
     except Exception:  # noqa: BLE001 - any surprise in the model's structure: keep to encode

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["_Recalling"]
 
 _FOCUSED_CANDIDATES = 50
-"""Candidates of a dense recall that has only the cosine to rank by (see ``_Recalling._evidence``)."""
+"""Candidates of a dense recall that has only the cosine to rank by (see ``_Recalling._gather``)."""
 
 
 def _drop_outcome(future: asyncio.Future[Any]) -> None:
@@ -211,7 +211,8 @@ class _Recalling(_MemoryView):
         exact = total <= tuning.exact_below
         if total == 0:
             return _Gathered(ev, scopes, 0, exact)
-        focused = not (lexical or filtered or info.time is not None) and named_speaker(info, speakers) is None
+        speaker = named_speaker(info, speakers)
+        focused = not (lexical or filtered or info.time is not None) and speaker is None
         n = total if exact else max(_FOCUSED_CANDIDATES if focused else tuning.candidates, 3 * k)
         expr = fts_expression(info.terms) if lexical else None
         if expr:
@@ -224,13 +225,7 @@ class _Recalling(_MemoryView):
         # distinguishes them (no thread evidence, no speaker named, no recency bonus, no filter
         # that might drop some): then only the best few by cosine can reach the top, and only
         # their rows are read, once the query's vector is known.
-        prunable = (
-            dense
-            and not ev.threads
-            and not filtered
-            and not tuning.recency_half_life_days
-            and named_speaker(info, speakers) is None
-        )
+        prunable = dense and not ev.threads and not filtered and not tuning.recency_half_life_days and speaker is None
         early = list(ev.lexical) if prunable else list(dict.fromkeys([*ev.lexical, *ev.window]))
         ev.rows = {row.rid: row for row in store.memories(early)} if early else {}
         # Over many memories the vector index returns only its best candidates: the others'
@@ -293,16 +288,16 @@ class _Recalling(_MemoryView):
         if got.prunable:
             taken = {*ev.rows, *wanted}
             extra = [rid for rid in ev.window if rid not in taken]
-            scores = {rid: cosine(rid) for rid in extra}
+            known = {rid: value for rid in extra if (value := cosine(rid)) is not None}
             keep = max(3 * k, svc.tuning.rerank_depth)
-            ranked = sorted((rid for rid in extra if scores[rid] is not None), key=lambda rid: -(scores[rid] or 0.0))
-            wanted += ranked[:keep] + [rid for rid in extra if scores[rid] is None]  # no cosine: cannot be ranked out
+            wanted += sorted(known, key=lambda rid: -known[rid])[:keep]
+            wanted += [rid for rid in extra if rid not in known]  # no cosine: cannot be ranked out
         late = list(dict.fromkeys(rid for rid in wanted if rid not in ev.rows))
         if late:
             ev.rows.update((row.rid, row) for row in store.memories(late))
         missing = [rid for rid in ev.rows if rid not in ev.dense and rid not in vectors]
         if missing:
-            vectors = {**vectors, **self._stored_vectors(got.scopes, missing)}
+            vectors.update(self._stored_vectors(got.scopes, missing))
         for rid in ev.rows:
             cosine(rid)
         return ev

@@ -179,10 +179,12 @@ class VectorSpace:
         out: dict[int, npt.NDArray[np.float32]] = {}
         wanted = np.asarray(list(keys), dtype=np.int64)
         for name in dict.fromkeys(partitions):
+            if not len(wanted):
+                break
             with self._lock:
                 part = self._parts.get(name)
                 index = part.index if part is not None else None
-            if index is None or not len(wanted):
+            if index is None:
                 continue
             found, vectors = index.vectors_of(wanted)
             out.update(zip(found.tolist(), vectors, strict=True))
