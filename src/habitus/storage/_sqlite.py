@@ -11,11 +11,10 @@ truncates the WAL so no older copy of a page survives there either.
 from __future__ import annotations
 
 import contextlib
-import functools
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -25,6 +24,7 @@ from habitus.storage._memory import MemoryDelete
 from habitus.storage._postings import MERGE_EVENTS, build_postings, iter_seqs, merge_recent, recent_start
 from habitus.storage._postings import SCHEMA as POSTINGS_SCHEMA
 from habitus.storage._projections import AgentRow, MailboxRow, TimerRow
+from habitus.storage._sqlite_batch import insert_rows
 from habitus.storage._sqlite_memory import SCHEMA as MEMORY_SCHEMA
 from habitus.storage._sqlite_memory import (
     enable_secure_delete,
@@ -89,29 +89,6 @@ _INSERT_POSTINGS = "INSERT INTO postings_recent (key, first, last, offsets) VALU
 _UNKNOWN = -1
 _WAL_PAGES = 8000  # fewer, larger WAL checkpoints: pages rewritten by many commits are copied once
 _CHUNK = 500  # SQLite's default limit on host parameters is far above this
-_MAX_PARAMS = 30_000  # below SQLITE_MAX_VARIABLE_NUMBER (32766 since SQLite 3.32)
-
-
-def _insert_many(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]], width: int) -> None:
-    """Insert rows with as few statements as possible.
-
-    sqlite3's ``executemany`` releases and retakes the GIL for every row; while
-    the event loop thread is busy preparing the next batch, each retake can wait
-    a whole switch interval (5 ms). Multi-row statements retake it once per
-    statement, which is what lets this writer thread overlap with the loop.
-    Full-size statements are cached by SQLite; only the tail gets a new one.
-    """
-    per = _MAX_PARAMS // width
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        conn.execute(_statement(head, width, len(chunk)), list(chain.from_iterable(chunk)))
-
-
-@functools.lru_cache(maxsize=512)
-def _statement(head: str, width: int, count: int) -> str:
-    # The same str object each time lets sqlite3's statement cache find it without rehashing 30 KB.
-    one = "(" + ",".join("?" * width) + ")"
-    return head + ",".join([one] * count)
 
 
 class SQLiteStore(SQLiteMemoryReads):
@@ -146,7 +123,10 @@ class SQLiteStore(SQLiteMemoryReads):
 
     def _connect(self, *, writer: bool) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+            # The writer's multi-row statements come in a few fixed sizes per table (see _sqlite_batch).
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=256
+            )
             conn.execute("PRAGMA busy_timeout = 30000")
             if writer:
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -200,11 +180,11 @@ class SQLiteStore(SQLiteMemoryReads):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                _insert_many(conn, _INSERT_EVENTS, batch.rows, 14)
-                _insert_many(conn, _INSERT_EDGES, batch.edges, 2)
-                _insert_many(conn, _INSERT_NODES, batch.nodes, 3)
+                insert_rows(conn, _INSERT_EVENTS, batch.rows, 14)
+                insert_rows(conn, _INSERT_EDGES, batch.edges, 2)
+                insert_rows(conn, _INSERT_NODES, batch.nodes, 3)
                 if batch.rows:
-                    _insert_many(conn, _INSERT_POSTINGS, build_postings(batch.rows), 4)
+                    insert_rows(conn, _INSERT_POSTINGS, build_postings(batch.rows), 4)
                     self._merge_postings(conn, batch.rows[0][0], batch.rows[-1][0])
                 if batch.checkpoint is not None:
                     conn.execute(

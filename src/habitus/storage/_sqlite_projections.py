@@ -24,6 +24,7 @@ from habitus.storage._projections import (
     TimerRow,
     UsageAdd,
 )
+from habitus.storage._sqlite_batch import delete_keys, insert_rows
 from habitus.storage._sqlite_memory import apply_memory_op, put_memories
 
 __all__ = ["SCHEMA", "apply_ops", "read_agent", "read_agents", "read_mailbox", "read_state", "read_timers"]
@@ -65,20 +66,72 @@ def _seq(seq_of: dict[bytes, int], event: bytes) -> int:
     return seq
 
 
+_INSERT_MAIL = "INSERT INTO mailbox (agent, msg, sender) VALUES "
+_ADD_USAGE = "INSERT INTO budget_usage (subject, meter, window, used) VALUES "
+_ADD_USAGE_TAIL = " ON CONFLICT (subject, meter, window) DO UPDATE SET used = used + excluded.used"
+
+
+class _Mail:
+    """Mailbox inserts and deletes held back to be written as few statements.
+
+    Changes to different messages commute, so they may be written in any
+    order; a change to a message already held back writes what is held first.
+    """
+
+    __slots__ = ("acks", "keys", "puts")
+
+    def __init__(self) -> None:
+        self.puts: list[tuple[str, int, str]] = []
+        self.acks: list[tuple[str, int]] = []
+        self.keys: set[tuple[str, int]] = set()
+
+    def hold(self, conn: sqlite3.Connection, key: tuple[str, int]) -> None:
+        if key in self.keys:
+            self.write(conn)
+        self.keys.add(key)
+
+    def touches(self, key: tuple[str, int]) -> bool:
+        return key in self.keys
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.puts:
+            insert_rows(conn, _INSERT_MAIL, self.puts, 3)
+            self.puts = []
+        if self.acks:
+            delete_keys(conn, "mailbox", ("agent", "msg"), self.acks)
+            self.acks = []
+        self.keys = set()
+
+
 def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, int], ts_of: dict[int, int]) -> None:
-    """Apply projection ops inside the caller's transaction, in order."""
-    mail: list[tuple[str, int, str]] = []
+    """Apply projection ops inside the caller's transaction, with the effect of applying them in order.
+
+    Mailbox puts and acks, and budget usage, are written in a few multi-row
+    statements (see ``_sqlite_batch``): usage adds up in any order, and
+    mailbox changes to different messages commute. The rest is written as it
+    comes; each table is touched only by its own kind of op.
+    """
+    mail = _Mail()
+    usage: dict[tuple[str, str, int], int] = {}
     memories: list[MemoryPut] = []
     for op in ops:
         if isinstance(op, MailboxPut):
-            mail.append((op.agent, _seq(seq_of, op.event), op.sender))
+            key = (op.agent, _seq(seq_of, op.event))
+            mail.hold(conn, key)
+            mail.puts.append((*key, op.sender))
+            continue
+        if isinstance(op, MailboxAck):
+            key = (op.agent, op.msg)
+            mail.hold(conn, key)
+            mail.acks.append(key)
+            continue
+        if isinstance(op, UsageAdd):
+            key3 = (op.subject, op.meter, op.window)
+            usage[key3] = usage.get(key3, 0) + op.amount
             continue
         if isinstance(op, MemoryPut):
             memories.append(op)
             continue
-        if mail:
-            conn.executemany("INSERT INTO mailbox (agent, msg, sender) VALUES (?, ?, ?)", mail)
-            mail = []
         if memories:
             _put_memories(conn, memories, seq_of, ts_of)
             memories = []
@@ -87,8 +140,6 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
                 apply_memory_op(conn, op, seq_of, ts_of)
             except KeyError:
                 raise IntegrityError("a memory change names an event that is not in its transaction") from None
-        elif isinstance(op, MailboxAck):
-            conn.execute("DELETE FROM mailbox WHERE agent = ? AND msg = ?", (op.agent, op.msg))
         elif isinstance(op, StatePut):
             conn.execute(
                 "INSERT OR REPLACE INTO agent_state (agent, key, value, seq) VALUES (?, ?, ?, ?)",
@@ -108,20 +159,18 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
                 (op.status, _seq(seq_of, op.event), op.agent),
             )
         elif isinstance(op, MailboxRetry):
+            if mail.touches((op.agent, op.msg)):
+                mail.write(conn)
             conn.execute(
                 "UPDATE mailbox SET attempts = ?, not_before = ?, error = ? WHERE agent = ? AND msg = ?",
                 (op.attempts, op.not_before, op.error, op.agent, op.msg),
             )
         elif isinstance(op, MailboxDead):
+            if mail.touches((op.agent, op.msg)):
+                mail.write(conn)
             conn.execute(
                 "UPDATE mailbox SET attempts = ?, dead = 1, error = ? WHERE agent = ? AND msg = ?",
                 (op.attempts, op.error, op.agent, op.msg),
-            )
-        elif isinstance(op, UsageAdd):
-            conn.execute(
-                "INSERT INTO budget_usage (subject, meter, window, used) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (subject, meter, window) DO UPDATE SET used = used + excluded.used",
-                (op.subject, op.meter, op.window, op.amount),
             )
         elif isinstance(op, TimerPut):
             conn.execute(
@@ -131,10 +180,11 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
         else:
             assert isinstance(op, TimerDelete)
             conn.execute("DELETE FROM timers WHERE timer = ?", (op.timer,))
-    if mail:
-        conn.executemany("INSERT INTO mailbox (agent, msg, sender) VALUES (?, ?, ?)", mail)
     if memories:
         _put_memories(conn, memories, seq_of, ts_of)
+    mail.write(conn)
+    if usage:
+        insert_rows(conn, _ADD_USAGE, [(*key, amount) for key, amount in usage.items()], 4, tail=_ADD_USAGE_TAIL)
 
 
 def _put_memories(
