@@ -307,6 +307,7 @@ class Habitat:
             max_attempts=settings.max_attempts,
             idle_seconds=settings.idle_seconds,
             max_active=settings.max_active_agents,
+            gc_threshold=settings.gc_threshold or None,
         )
         runtime = Runtime(
             app,

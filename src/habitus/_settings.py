@@ -36,6 +36,8 @@ class Settings(BaseModel):
         max_attempts: Deliveries of a message before it is dead-lettered.
         idle_seconds: An agent with no work for this long is passivated (leaves memory).
         max_active_agents: Most agents in memory at once; the rest wait their turn.
+        gc_threshold: Young-generation threshold of Python's garbage collector while
+            agents run (see ``RuntimeOptions.gc_threshold``); 0 leaves the collector alone.
         embedder: Which embedder memory uses: ``auto`` (the local model when
             installed, else ``embeddings_url`` when set, else lexical-only),
             ``local``, ``local:/path/to/model``, ``openai:MODEL``, ``hash``, ``lexical``.
@@ -65,6 +67,7 @@ class Settings(BaseModel):
     max_attempts: int = Field(default=5, ge=1, le=1000)
     idle_seconds: float = Field(default=60.0, gt=0)
     max_active_agents: int = Field(default=10_000, ge=1)
+    gc_threshold: int = Field(default=10_000, ge=0)
     embedder: str = Field(default="auto", min_length=1)
     embeddings_url: str | None = None
     embeddings_key: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -300,3 +301,30 @@ async def test_due_timers_of_suspended_agents_do_not_hold_back_the_others(runnin
 
     await eventually(fired)
     assert not any(e.meta["agent"] == "c" for e in (await running.ledger.query(kind="timer.fired")).events)
+
+
+async def test_the_runtime_raises_the_collectors_threshold_while_it_runs_unless_the_app_chose_its_own(
+    tmp_path: Path,
+) -> None:
+    saved = gc.get_threshold()
+    settings = Settings.resolve(config_file=None, environ={}, path=tmp_path / "h")
+    try:
+        gc.set_threshold(700, 10, 10)  # Python's default
+        async with await Habitat.init(settings.path, settings=settings) as hab:
+            await hab.start(build_app(), options=FAST)
+            assert gc.get_threshold() == (10_000, 10, 10)
+        assert gc.get_threshold() == (700, 10, 10)  # put back when the runtime stopped
+        gc.set_threshold(2_000, 5, 5)  # the application's own choice is kept
+        async with await Habitat.open(settings.path, settings=settings) as hab:
+            await hab.start(build_app(), options=FAST)
+            assert gc.get_threshold() == (2_000, 5, 5)
+        assert gc.get_threshold() == (2_000, 5, 5)
+        gc.set_threshold(700, 10, 10)
+        untouched = Settings.resolve(config_file=None, environ={}, path=tmp_path / "h", gc_threshold=0)
+        async with await Habitat.open(settings.path, settings=untouched) as hab:
+            await hab.start(build_app(), options=None)
+            assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*saved)
+    with pytest.raises(InvalidRequestError, match="gc_threshold"):
+        RuntimeOptions(gc_threshold=0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -33,7 +34,7 @@ from habitus.agents._behaviour import App, Behaviour
 from habitus.agents._context import AgentContext
 from habitus.agents._models import Message
 from habitus.agents._registry import Agents, SpawnSpec, info_from_row, principal_of
-from habitus.errors import HabitatError, UnknownAgentError
+from habitus.errors import HabitatError, InvalidRequestError, UnknownAgentError
 from habitus.ledger._context import caused_by
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._rows import event_from_row
@@ -74,6 +75,14 @@ class RuntimeOptions:
         max_active: Most activations in memory at once; others wait their turn.
         batch: Messages read from a mailbox at a time.
         timer_poll: Longest sleep of the timer loop, in seconds.
+        gc_threshold: The young-generation threshold of Python's cyclic garbage
+            collector while the runtime runs (Python's default is 700); ``None``
+            leaves the collector alone. Every message in flight keeps a few dozen
+            objects alive until its commit, so at the default the collector runs
+            every few deliveries, promotes them all, and soon scans the whole heap
+            (15% of one-way messaging time, see ``benchmarks/RESULTS.md``). Set only
+            while the process still has Python's default thresholds (an application
+            that tuned them keeps its own), and put back when the last runtime stops.
     """
 
     max_attempts: int = 5
@@ -82,6 +91,33 @@ class RuntimeOptions:
     max_active: int = 10_000
     batch: int = 32
     timer_poll: float = 0.25
+    gc_threshold: int | None = 10_000
+
+    def __post_init__(self) -> None:
+        if self.gc_threshold is not None and (type(self.gc_threshold) is not int or self.gc_threshold < 1):
+            raise InvalidRequestError(f"gc_threshold must be a positive integer or None, not {self.gc_threshold!r}")
+
+
+_PYTHON_GC = (700, 10, 10)  # CPython's default thresholds
+_gc_holders: list[object] = []  # the runtimes that set the threshold; the last one to stop puts it back
+
+
+def _hold_gc(holder: object, threshold: int | None) -> None:
+    if threshold is None:
+        return
+    if not _gc_holders:
+        current = gc.get_threshold()
+        if current != _PYTHON_GC:
+            return  # the application chose its own
+        gc.set_threshold(threshold, current[1], current[2])
+    _gc_holders.append(holder)
+
+
+def _release_gc(holder: object) -> None:
+    if holder in _gc_holders:
+        _gc_holders.remove(holder)
+        if not _gc_holders:
+            gc.set_threshold(*_PYTHON_GC)
 
 
 @dataclass
@@ -180,6 +216,7 @@ class Runtime:
         self._spawn_task(self._timer_loop())
         self._on_mail(set(await asyncio.to_thread(self._store.agents_with_mail)))
         self._messenger.answering = True
+        _hold_gc(self, self._options.gc_threshold)
 
     async def stop(self) -> None:
         """Finish the deliveries in progress and stop."""
@@ -192,6 +229,7 @@ class Runtime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        _release_gc(self)
 
     def _spawn_task(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
