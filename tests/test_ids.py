@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from habitus._ids import new_ids, random_bytes
+from habitus._ids import new_id, new_ids, random_bytes
 
 
 def test_ids_are_increasing_uuid7s() -> None:
@@ -13,6 +13,14 @@ def test_ids_are_increasing_uuid7s() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert all(uuid.UUID(bytes=i).version == 7 for i in ids)
+
+
+def test_single_ids_interleaved_with_batches_stay_increasing_past_the_counter_of_a_millisecond() -> None:
+    ids = [new_id() for _ in range(5000)] + new_ids(3) + [new_id()] + new_ids(2)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(bytes=i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
 
 
 def test_a_forked_child_does_not_reuse_the_parents_random_pool() -> None:

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-__all__ = ["new_ids", "random_bytes"]
+__all__ = ["new_id", "new_ids", "random_bytes"]
 
 _lock = threading.Lock()
 _state = [0, 0]  # last millisecond, counter within it
@@ -72,3 +72,29 @@ def new_ids(count: int) -> list[bytes]:
             out.append(value.to_bytes(16, "big"))
         _state[0], _state[1] = ms, counter
     return out
+
+
+_MASK_TAIL = 0x3FFF_FFFF_FFFF_FFFF
+_VARIANT = 0x8000_0000_0000_0000
+
+
+def new_id() -> bytes:
+    """One new UUIDv7 id (``new_ids(1)[0]``, without the list: a handler stages one at a time)."""
+    now = time.time_ns() // 1_000_000
+    with _lock:
+        ms, counter = _state
+        if now > ms:
+            ms, counter = now, 0
+        else:
+            counter += 1
+            if counter > 0xFFF:
+                ms += 1
+                counter = 0
+        _state[0], _state[1] = ms, counter
+        pool, used = _pool.data, _pool.used
+        if used + 8 > len(pool):
+            pool, used = os.urandom(_POOL_SIZE), 0
+            _pool.data = pool
+        _pool.used = used + 8
+    tail = int.from_bytes(pool[used : used + 8], "big") & _MASK_TAIL
+    return ((ms << 80) | (0x7000 | counter) << 64 | _VARIANT | tail).to_bytes(16, "big")

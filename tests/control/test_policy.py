@@ -297,3 +297,27 @@ async def test_suspending_an_agent_stops_a_handler_already_running(hab: Habitat)
     assert ("agent:slowpoke", "ledger:append", "kind:note.recorded") in await _denials(hab)
     assert (await hab.ledger.query(kind="note.recorded")).events == []
     assert hab.messages.depth("slowpoke") == 1  # kept for when it is resumed
+
+
+async def test_a_delivery_in_this_process_asks_again_once_anything_a_decision_depends_on_changed(
+    hab: Habitat,
+) -> None:
+    control, messenger = hab.control, hab.messages
+    cap = await hab.acting_as("human:alice").grant("human:bob", "message:send", "agent:scout")
+    allowed_at = control.epoch
+    sent = await hab.acting_as("human:bob").send("scout", "queued while allowed")
+    message = Message.from_event(sent)
+    assert control.unchanged_since(allowed_at)
+    assert await messenger.check_delivery(message, "agent:scout", allowed_at) is None
+    await hab.control.revoke(cap.id, by="human:alice")
+    assert not control.unchanged_since(allowed_at)
+    refusal = await messenger.check_delivery(message, "agent:scout", allowed_at)
+    assert refusal is not None and "human:bob may not message:send agent:scout" in refusal
+    assert ("human:bob", "message:send", "agent:scout") in await _denials(hab)
+    # An agent's status change, or any hook (which may answer differently each time), also asks again.
+    allowed_at = control.epoch
+    await hab.agents.suspend("rival")
+    assert not control.unchanged_since(allowed_at)
+    allowed_at = control.epoch
+    hab.control.add_hook(lambda request: None)
+    assert not control.unchanged_since(allowed_at) and not control.unchanged_since(control.epoch)

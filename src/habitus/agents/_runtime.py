@@ -129,8 +129,9 @@ class _Activation:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     timed_out: bool = False
     task: asyncio.Task[None] | None = None
-    # (seq, event row, mailbox row or None for messages handed over at commit)
-    inbox: deque[tuple[int, Row, MailboxRow | None]] = field(default_factory=deque)
+    # (seq, event row, mailbox row or None for messages handed over at commit, control epoch at which
+    # the send was allowed or -1; see MailboxPut)
+    inbox: deque[tuple[int, Row, MailboxRow | None, int]] = field(default_factory=deque)
     rescan: bool = True  # read the mailbox table before trusting the inbox
     backlog: bool = False  # the table holds more than the inbox: hand-overs would jump the queue
     last_acked: int = 0
@@ -262,7 +263,7 @@ class Runtime:
                     by_id = {row[1]: row for row in rows}
                 stored = by_id.get(op.event)
                 if stored is not None:
-                    activation.inbox.append((stored[0], stored, None))
+                    activation.inbox.append((stored[0], stored, None, op.allowed_at))
             activation.wake.set()
         if woken:
             self._on_mail(woken)
@@ -341,7 +342,7 @@ class Runtime:
                 if activation.rescan and not inbox:
                     rows = self._store.mailbox(agent, after=0, limit=self._options.batch)
                     events = {r[0]: r for r in self._store.rows_by_seq([m.msg for m in rows])} if rows else {}
-                    inbox.extend((m.msg, events[m.msg], m) for m in rows if m.msg in events)
+                    inbox.extend((m.msg, events[m.msg], m, -1) for m in rows if m.msg in events)
                     activation.backlog = len(rows) == self._options.batch
                     activation.rescan = activation.backlog
                 if not inbox:
@@ -350,7 +351,7 @@ class Runtime:
                     if not await self._idle(activation):
                         return
                     continue
-                seq, stored, mail = inbox.popleft()
+                seq, stored, mail, allowed_at = inbox.popleft()
                 if seq <= activation.last_acked:
                     continue  # handed over twice (read from the table and from a commit)
                 if mail is not None and mail.not_before > time.time_ns() // 1000:
@@ -362,7 +363,7 @@ class Runtime:
                     continue
                 attempts = mail.attempts if mail is not None else 0
                 message = Message.from_event(event_from_row(stored), attempt=attempts + 1)
-                if await self._deliver(activation, seq, attempts, message):
+                if await self._deliver(activation, seq, attempts, message, allowed_at):
                     activation.last_acked = seq
                 else:
                     inbox.clear()
@@ -393,10 +394,12 @@ class Runtime:
 
     # -- delivering -------------------------------------------------------------------------
 
-    async def _deliver(self, activation: _Activation, seq: int, attempts: int, message: Message) -> bool:
+    async def _deliver(
+        self, activation: _Activation, seq: int, attempts: int, message: Message, allowed_at: int = -1
+    ) -> bool:
         """Handle the message at ``seq``, tried ``attempts`` times before; True if acknowledged (or dead-lettered)."""
         agent = activation.agent
-        refusal = await self._messenger.check_delivery(message, principal_of(agent))
+        refusal = await self._messenger.check_delivery(message, principal_of(agent), allowed_at)
         if refusal is not None:
             await self._give_up(agent, seq, attempts, message, f"refused by policy: {refusal}")
             return True

@@ -91,6 +91,7 @@ class Control(_Approvals, _Budgets, _Trust):
         self._memo: dict[tuple[str, str, str], Decision] = {}
         self._owners_memo: dict[str, Decision] = {}
         self._memoable = not store.read_only
+        self._epoch = 0  # counts the changes that may change a decision (see unchanged_since)
         self._lapsing = False
         self._index: dict[str, list[Capability]] | None = None
         self._caps: dict[str, Capability] = {}
@@ -145,7 +146,22 @@ class Control(_Approvals, _Budgets, _Trust):
             decision = self._owners_memo[owner] = Decision(True, f"agents of the same owner ({owner})")
         return decision
 
+    @property
+    def epoch(self) -> int:
+        """Changes so far to what decisions depend on; pair with :meth:`unchanged_since`."""
+        return self._epoch
+
+    def unchanged_since(self, epoch: int) -> bool:
+        """True if every decision taken at ``epoch`` would be taken again now, unasked.
+
+        Nothing a decision depends on (capabilities, rules, trust labels, agents'
+        statuses and owners, the app's hooks) has changed, no grant lapses with
+        time, and no hook (which could answer differently each time) is set.
+        """
+        return epoch == self._epoch and self._memoable and not self._hooks
+
     def _forget_decisions(self, *_: object) -> None:
+        self._epoch += 1
         self._memo.clear()
         self._owners_memo.clear()
         self._lapsing = any(c.until for c in self._caps.values())
@@ -344,7 +360,7 @@ class Control(_Approvals, _Budgets, _Trust):
     def add_hook(self, hook: PolicyHook) -> None:
         """Add a rule of the app's own, asked after the capabilities allow (it can only refuse)."""
         self._hooks.append(hook)
-        self._memo.clear()
+        self._forget_decisions()
 
     # -- granting ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from habitus._ids import new_ids
+from habitus._ids import new_id
 from habitus.errors import InvalidRequestError
 from habitus.ledger._models import Event, uuid_from_bytes
 from habitus.ledger._prepare import Preparer
@@ -54,7 +54,7 @@ class Transaction:
             raise InvalidRequestError("this transaction has committed; start a new one to append more")
         draft = draft_of(kind, actor, content, meta, causes, thread, at)
         checked = self._prep.check(len(self._checked), draft)
-        (id_,) = new_ids(1)
+        id_ = new_id()
         self._checked.append(checked)
         self._ids.append(id_)
         return uuid_from_bytes(id_)

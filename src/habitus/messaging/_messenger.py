@@ -188,6 +188,7 @@ class Messenger:
         """
         to_agent = None
         control = self._control
+        epoch = -1
         if to.startswith(("human:", "service:", "source:")) or to == "system":
             if in_reply_to is None:
                 raise InvalidRequestError(f"messages go to agents; {to!r} can only receive replies")
@@ -197,6 +198,7 @@ class Messenger:
             recipient = f"agent:{to_agent}"
             self._agents.require_reachable(to_agent)
             if not answering and sender != "system":
+                epoch = control.epoch  # before any wait for an approval: a change meanwhile asks again
                 decision = control.decide(sender, "message:send", recipient, on_behalf_of=on_behalf_of)
                 if not decision.allowed:
                     await control.deny(sender, "message:send", recipient, decision.reason)
@@ -224,7 +226,7 @@ class Messenger:
         cited = [in_reply_to, *causes] if in_reply_to is not None else list(causes)
         message_id = tx.append("message.sent", actor=sender, content=body, meta=meta, thread=thread, causes=cited)
         if to_agent is not None:
-            tx.project(MailboxPut(to_agent, message_id.bytes, sender))
+            tx.project(MailboxPut(to_agent, message_id.bytes, sender, epoch))
         return message_id
 
     async def stage_reply(
@@ -290,14 +292,18 @@ class Messenger:
             tx.project(MailboxPut(agent, message_id.bytes, sender))
         return message_id
 
-    async def check_delivery(self, message: Message, recipient: str) -> str | None:
+    async def check_delivery(self, message: Message, recipient: str, allowed_at: int = -1) -> str | None:
         """Check again, at delivery, that the sender may still reach ``recipient``; the refusal, or None.
 
         A capability revoked, or a sender suspended, after the message was queued
-        stops it here (recorded as ``policy.denied``). Replies and timers pass.
+        stops it here (recorded as ``policy.denied``). Replies and timers pass, and
+        so does a message sent from this process at control epoch ``allowed_at``
+        when nothing a decision depends on has changed since (see ``MailboxPut``).
         """
         sender = message.sender
         if sender == "system" or message.in_reply_to is not None:
+            return None
+        if allowed_at >= 0 and self._control.unchanged_since(allowed_at):
             return None
         if message.topic is not None:
             action, resource = "message:publish", f"topic:{message.topic}"

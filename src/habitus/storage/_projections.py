@@ -15,7 +15,7 @@ resolves it once the seqs are known.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from habitus.storage._memory import MemoryOp
@@ -94,11 +94,17 @@ class StateDelete:
 
 @dataclass(frozen=True, slots=True)
 class MailboxPut:
-    """Queue the message event ``event`` in ``agent``'s mailbox."""
+    """Queue the message event ``event`` in ``agent``'s mailbox.
+
+    ``allowed_at`` is not stored: the control layer's epoch when the sender was
+    allowed to send it (-1 if not asked), so that a delivery in this process
+    need not ask again while nothing has changed.
+    """
 
     agent: str
     event: bytes
     sender: str
+    allowed_at: int = field(default=-1, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
