@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from habitus.storage._projections import MailboxAck, MailboxDead, MailboxPut, MailboxRetry, Op, UsageAdd
-from habitus.storage._sqlite_batch import CHUNKS, delete_keys, insert_rows
+from habitus.storage._sqlite_batch import CHUNKS, bind_bytes_and_none_directly, delete_keys, insert_rows
 from habitus.storage._sqlite_projections import SCHEMA, apply_ops
 
 
@@ -95,3 +95,17 @@ def test_a_bad_row_fails_its_statement_and_the_transaction_keeps_nothing() -> No
         insert_rows(conn, "INSERT INTO mailbox (agent, msg, sender) VALUES ", rows, 3)
     conn.execute("ROLLBACK")
     assert conn.execute("SELECT count(*) FROM mailbox").fetchone()[0] == 0
+
+
+def test_blobs_and_nulls_bind_as_they_did_and_an_adapter_registered_first_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = sqlite3.connect(":memory:")
+    row = conn.execute("SELECT ?, typeof(?), ?, typeof(?)", (b"\x00\xff", b"\x00\xff", None, None)).fetchone()
+    assert row == (b"\x00\xff", "blob", None, "null")
+    adapters: dict[tuple[type, type], object] = getattr(sqlite3, "adapters")  # noqa: B009 - not in the stubs
+    monkeypatch.delitem(adapters, (type(None), sqlite3.PrepareProtocol), raising=False)
+    monkeypatch.setitem(adapters, (bytes, sqlite3.PrepareProtocol), bytes.hex)  # an application's own
+    bind_bytes_and_none_directly()
+    assert adapters[(bytes, sqlite3.PrepareProtocol)] is bytes.hex
+    assert conn.execute("SELECT ?, ?", (b"\x01", None)).fetchone() == ("01", None)

@@ -24,7 +24,7 @@ from habitus.storage._memory import MemoryDelete
 from habitus.storage._postings import MERGE_EVENTS, build_postings, iter_seqs, merge_recent, recent_start
 from habitus.storage._postings import SCHEMA as POSTINGS_SCHEMA
 from habitus.storage._projections import AgentRow, MailboxRow, TimerRow
-from habitus.storage._sqlite_batch import insert_rows
+from habitus.storage._sqlite_batch import bind_bytes_and_none_directly, insert_rows
 from habitus.storage._sqlite_memory import SCHEMA as MEMORY_SCHEMA
 from habitus.storage._sqlite_memory import (
     enable_secure_delete,
@@ -43,6 +43,8 @@ from habitus.storage._sqlite_projections import (
 )
 
 __all__ = ["SQLiteStore"]
+
+bind_bytes_and_none_directly()
 
 T = TypeVar("T")
 
