@@ -120,6 +120,7 @@ class AgentContext:
         tools: Callable[[], ToolRegistry] | None = None,
     ) -> None:
         self.agent = info
+        self._principal = info.principal  # asked for on every send: built once (an agent's id never changes)
         self.state = AgentState(state, self._stage_state)
         self._ledger = ledger
         self._agents = agents
@@ -135,7 +136,7 @@ class AgentContext:
     @property
     def principal(self) -> str:
         """``agent:<id>``: the actor of everything this agent does."""
-        return self.agent.principal
+        return self._principal
 
     @property
     def message(self) -> Message:

@@ -169,6 +169,10 @@ class _Budgets:
         if self._has_budgets():
             await self._room(principal, meter, max(amount, 0), (), refuse=True)
 
+    def has_budgets(self) -> bool:
+        """True if any budget is configured (else :meth:`charge` has nothing to count: callers may skip it)."""
+        return self._has_budgets()
+
     def _has_budgets(self) -> bool:
         if not self._budget_rules:
             if self._loaded and not self._store.read_only:

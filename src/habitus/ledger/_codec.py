@@ -171,6 +171,9 @@ def leaf_hash(
     ).digest()
 
 
+_last_time: tuple[int, datetime] = (-1, _EPOCH)
+
+
 def to_micros(value: datetime) -> int:
     """UTC microseconds since the epoch; naive datetimes are taken as UTC."""
     if value.tzinfo is None:
@@ -180,5 +183,15 @@ def to_micros(value: datetime) -> int:
 
 
 def from_micros(micros: int) -> datetime:
-    """Inverse of :func:`to_micros`, timezone-aware in UTC."""
-    return _EPOCH + timedelta(microseconds=micros)
+    """Inverse of :func:`to_micros`, timezone-aware in UTC.
+
+    The last answer is kept: the events sealed together share one commit time,
+    and datetimes are immutable, so every event of a group can share one.
+    """
+    global _last_time  # one (micros, datetime) pair, replaced whole: other threads see a matching pair
+    last = _last_time
+    if last[0] == micros:
+        return last[1]
+    value = _EPOCH + timedelta(microseconds=micros)
+    _last_time = (micros, value)
+    return value

@@ -268,10 +268,9 @@ class Ledger:
         self._listeners.append(listener)
 
     def _on_commit(self, batches: list[Batch]) -> None:
-        remember = self._prep.remember
+        remember = self._prep.remember_rows
         for batch in batches:
-            for row in batch.rows:
-                remember(row[1], row[0])
+            remember(batch.rows)
             for listener in self._listeners:
                 listener(batch.ops, batch.rows)
         if self._committed is not None and not self._committed.done():

@@ -11,7 +11,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -246,6 +246,12 @@ class Preparer:
         if len(self._recent) >= _RECENT_MAX:
             self._recent.clear()
         self._recent[id_] = seq
+
+    def remember_rows(self, rows: Sequence[Row]) -> None:
+        """Remember the seqs of committed rows' ids (``remember`` for each, in one step)."""
+        if len(self._recent) + len(rows) > _RECENT_MAX:
+            self._recent.clear()
+        self._recent.update({row[1]: row[0] for row in rows})
 
     def seal(
         self,

@@ -210,7 +210,7 @@ class Messenger:
                 raise MailboxFullError(
                     f"the mailbox of agent {to_agent!r} is full ({self._capacity} messages waiting); retry later"
                 )
-        if sender != "system":
+        if sender != "system" and control.has_budgets():  # (no coroutine per message when nothing is counted)
             await control.charge(tx, sender, "messages")
         meta: dict[str, Any] = {"to": recipient}
         if type is not None:

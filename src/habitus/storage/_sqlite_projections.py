@@ -85,11 +85,6 @@ class _Mail:
         self.acks: list[tuple[str, int]] = []
         self.keys: set[tuple[str, int]] = set()
 
-    def hold(self, conn: sqlite3.Connection, key: tuple[str, int]) -> None:
-        if key in self.keys:
-            self.write(conn)
-        self.keys.add(key)
-
     def touches(self, key: tuple[str, int]) -> bool:
         return key in self.keys
 
@@ -115,14 +110,21 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
     usage: dict[tuple[str, str, int], int] = {}
     memories: list[MemoryPut] = []
     for op in ops:
-        if isinstance(op, MailboxPut):
-            key = (op.agent, _seq(seq_of, op.event))
-            mail.hold(conn, key)
-            mail.puts.append((*key, op.sender))
+        if type(op) is MailboxPut:  # the ops are final dataclasses: no subclasses to miss
+            seq = seq_of.get(op.event)
+            if seq is None:
+                raise IntegrityError("a projection change names an event that is not in its transaction")
+            key = (op.agent, seq)
+            if key in mail.keys:
+                mail.write(conn)
+            mail.keys.add(key)
+            mail.puts.append((op.agent, seq, op.sender))
             continue
-        if isinstance(op, MailboxAck):
+        if type(op) is MailboxAck:
             key = (op.agent, op.msg)
-            mail.hold(conn, key)
+            if key in mail.keys:
+                mail.write(conn)
+            mail.keys.add(key)
             mail.acks.append(key)
             continue
         if isinstance(op, UsageAdd):
