@@ -178,6 +178,7 @@ class Runtime:
         self._store = store
         self._agents = agents
         self._messenger = messenger
+        self._control = messenger.control
         self._memories = memories
         self._models = models  # getters: the gateway and registry are built on first use only
         self._tools = tools
@@ -399,10 +400,12 @@ class Runtime:
     ) -> bool:
         """Handle the message at ``seq``, tried ``attempts`` times before; True if acknowledged (or dead-lettered)."""
         agent = activation.agent
-        refusal = await self._messenger.check_delivery(message, principal_of(agent), allowed_at)
-        if refusal is not None:
-            await self._give_up(agent, seq, attempts, message, f"refused by policy: {refusal}")
-            return True
+        # (the check's own first test, made here: most deliveries then create no coroutine for it)
+        if allowed_at < 0 or not self._control.unchanged_since(allowed_at):
+            refusal = await self._messenger.check_delivery(message, principal_of(agent), allowed_at)
+            if refusal is not None:
+                await self._give_up(agent, seq, attempts, message, f"refused by policy: {refusal}")
+                return True
         context = activation.context
         first = self._agents.status(agent) == "spawned"
         try:
