@@ -23,6 +23,7 @@ from habitus import (
     verify_consistency,
     verify_inclusion,
 )
+from habitus.agents._models import message_from_row
 from habitus.errors import (
     ContentTooLargeError,
     EventNotFoundError,
@@ -564,6 +565,10 @@ async def test_events_and_messages_built_without_validation_equal_validated_ones
             message = Message.from_event(event, attempt=2)
             checked = Message.model_validate(message.model_dump())
             assert message == checked and message.model_fields_set == checked.model_fields_set
+            (row,) = habitat._store.rows_by_seq([event.seq])
+            from_row = message_from_row(row, attempt=2)  # the delivery path's one-pass build
+            assert from_row == message and from_row.event == event
+            assert from_row.model_fields_set == checked.model_fields_set
             assert (message.to, message.type, message.expects_reply, message.in_reply_to) == (
                 "agent:b",
                 "ask",

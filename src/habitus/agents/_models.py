@@ -8,9 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from habitus.ledger._models import Event, construct_checked
+from habitus.ledger._models import Event, construct_checked, fast_event
+from habitus.ledger._rows import event_fields
+from habitus.storage._abstract import Row
 
-__all__ = ["AgentInfo", "AgentStatusName", "Message"]
+__all__ = ["AgentInfo", "AgentStatusName", "Message", "message_from_row"]
 
 AgentStatusName = Literal["spawned", "active", "suspended", "retired"]
 
@@ -88,33 +90,47 @@ class Message(BaseModel):
     @classmethod
     def from_event(cls, event: Event, *, attempt: int = 1) -> Message:
         """Read a ``message.sent``, ``message.published`` or ``timer.fired`` event as a message."""
-        meta: dict[str, JsonValue] = event.meta
-        kind = event.kind
-        topic = meta.get("topic") if kind == "message.published" else None
-        kind_type = "timer" if kind == "timer.fired" else meta.get("type")
-        reply = meta.get("in_reply_to")
-        to = meta.get("to") or meta.get("agent") or topic or ""
-        # Built from a committed event whose fields the ledger already checked: no re-validation.
-        return construct_checked(
-            cls,
-            {
-                "id": event.id,
-                "seq": event.seq,
-                "sender": event.actor,
-                "to": to if type(to) is str else str(to),
-                "type": kind_type if isinstance(kind_type, str) else None,
-                "topic": topic if isinstance(topic, str) else None,
-                "body": event.content,
-                "thread": event.thread,
-                "ts": event.ts,
-                "expects_reply": bool(meta.get("expects_reply", False)),
-                "in_reply_to": uuid.UUID(reply) if isinstance(reply, str) else None,
-                "attempt": attempt,
-                "trust": "untrusted" if meta.get("trust") == "untrusted" else "trusted",
-                "event": event,
-            },
-            _MESSAGE_FIELDS,
-        )
+        return _message(event.__dict__, event, attempt)
+
+
+def _message(fields: dict[str, Any], event: Event, attempt: int) -> Message:
+    """The message of an event whose field values are ``fields`` (read from the dict, not the model)."""
+    meta: dict[str, JsonValue] = fields["meta"]
+    kind = fields["kind"]
+    topic = meta.get("topic") if kind == "message.published" else None
+    kind_type = "timer" if kind == "timer.fired" else meta.get("type")
+    reply = meta.get("in_reply_to")
+    to = meta.get("to") or meta.get("agent") or topic or ""
+    # Built from a committed event whose fields the ledger already checked: no re-validation.
+    return construct_checked(
+        Message,
+        {
+            "id": fields["id"],
+            "seq": fields["seq"],
+            "sender": fields["actor"],
+            "to": to if type(to) is str else str(to),
+            "type": kind_type if isinstance(kind_type, str) else None,
+            "topic": topic if isinstance(topic, str) else None,
+            "body": fields["content"],
+            "thread": fields["thread"],
+            "ts": fields["ts"],
+            "expects_reply": bool(meta.get("expects_reply", False)),
+            "in_reply_to": uuid.UUID(reply) if isinstance(reply, str) else None,
+            "attempt": attempt,
+            "trust": "untrusted" if meta.get("trust") == "untrusted" else "trusted",
+            "event": event,
+        },
+        _MESSAGE_FIELDS,
+    )
 
 
 _MESSAGE_FIELDS = set(Message.model_fields)
+
+
+def message_from_row(row: Row, *, attempt: int = 1) -> Message:
+    """``Message.from_event(event_from_row(row), attempt=attempt)``, reading the event's values once.
+
+    Every delivery builds one; the message and its event share their values.
+    """
+    fields = event_fields(row)
+    return _message(fields, fast_event(fields), attempt)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from habitus.agents._behaviour import App, Behaviour
 from habitus.agents._context import AgentContext
-from habitus.agents._models import Message
+from habitus.agents._models import Message, message_from_row
 from habitus.agents._registry import Agents, SpawnSpec, info_from_row, principal_of
 from habitus.errors import HabitatError, InvalidRequestError, UnknownAgentError
 from habitus.ledger._context import caused_by
@@ -363,7 +363,7 @@ class Runtime:
                         await asyncio.wait_for(activation.wake.wait(), (mail.not_before - time.time_ns() // 1000) / 1e6)
                     continue
                 attempts = mail.attempts if mail is not None else 0
-                message = Message.from_event(event_from_row(stored), attempt=attempts + 1)
+                message = message_from_row(stored, attempt=attempts + 1)
                 if await self._deliver(activation, seq, attempts, message, allowed_at):
                     activation.last_acked = seq
                 else:

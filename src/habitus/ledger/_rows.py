@@ -12,7 +12,16 @@ from habitus.ledger._codec import CTYPE_NAMES, decode_content, from_micros, load
 from habitus.ledger._models import Event, fast_event, uuid_from_bytes
 from habitus.storage._abstract import Row
 
-__all__ = ["CommittedEvents", "EventRef", "RawDraft", "as_uuid", "draft_of", "event_from_row", "loads_meta"]
+__all__ = [
+    "CommittedEvents",
+    "EventRef",
+    "RawDraft",
+    "as_uuid",
+    "draft_of",
+    "event_fields",
+    "event_from_row",
+    "loads_meta",
+]
 
 EventRef = uuid.UUID | str | Event
 """An event named by its id (UUID or string) or the event itself."""
@@ -32,6 +41,11 @@ def as_uuid(ref: EventRef) -> uuid.UUID:
 
 def event_from_row(row: Row) -> Event:
     """Build the public model from a stored row."""
+    return fast_event(event_fields(row))
+
+
+def event_fields(row: Row) -> dict[str, Any]:
+    """Every field of the :class:`Event` a stored row holds, by name."""
     seq, id_, ts, at, actor, kind, thread, meta, causes, ctype, digest, _leaf, salt, body = row
     if not causes:
         cause_ids: tuple[uuid.UUID, ...] = ()
@@ -39,25 +53,21 @@ def event_from_row(row: Row) -> Event:
         cause_ids = (uuid_from_bytes(causes),)
     else:
         cause_ids = tuple([uuid_from_bytes(causes[i : i + 16]) for i in range(0, len(causes), 16)])
-    erased = ctype is not None and salt is None
-    content = decode_content(ctype, body) if ctype is not None and body is not None else None
-    return fast_event(
-        {
-            "id": uuid_from_bytes(id_),
-            "seq": seq,
-            "ts": from_micros(ts),
-            "at": None if at is None else from_micros(at),
-            "actor": actor,
-            "kind": kind,
-            "causes": cause_ids,
-            "thread": thread,
-            "meta": loads_meta(meta),
-            "content": content,
-            "content_type": CTYPE_NAMES.get(ctype) if ctype is not None else None,
-            "digest": digest.hex() if digest is not None else None,
-            "erased": erased,
-        }
-    )
+    return {
+        "id": uuid_from_bytes(id_),
+        "seq": seq,
+        "ts": from_micros(ts),
+        "at": None if at is None else from_micros(at),
+        "actor": actor,
+        "kind": kind,
+        "causes": cause_ids,
+        "thread": thread,
+        "meta": loads_meta(meta),
+        "content": decode_content(ctype, body) if ctype is not None and body is not None else None,
+        "content_type": CTYPE_NAMES.get(ctype) if ctype is not None else None,
+        "digest": digest.hex() if digest is not None else None,
+        "erased": ctype is not None and salt is None,
+    }
 
 
 class RawDraft:

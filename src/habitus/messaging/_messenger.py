@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from habitus.agents._models import Message
+from habitus.agents._models import Message, message_from_row
 from habitus.agents._registry import Agents, agent_id
 from habitus.errors import (
     InvalidRequestError,
@@ -20,7 +20,6 @@ from habitus.errors import (
 )
 from habitus.ledger._ledger import Ledger
 from habitus.ledger._models import Event
-from habitus.ledger._rows import event_from_row
 from habitus.ledger._transaction import Transaction
 from habitus.messaging import _kinds  # noqa: F401  (registers the message kinds)
 from habitus.messaging._topics import check_topic, matches
@@ -353,7 +352,7 @@ class Messenger:
                 answered = json.loads(row[7])["in_reply_to"]
                 future = self._waiting.get(uuid.UUID(answered).bytes)
                 if future is not None and not future.done():
-                    future.set_result(Message.from_event(event_from_row(row)))
+                    future.set_result(message_from_row(row))
 
     def _lifecycle(self, agent: str, status: str) -> None:
         # Retiring needs nothing here: the same commit dead-lettered its mail (MailboxDead ops).
