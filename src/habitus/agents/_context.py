@@ -81,6 +81,8 @@ class AgentState:
         return {k: v for k, v in merged.items() if v is not _DELETED}
 
     def _commit(self) -> None:
+        if not self._pending:  # most handlers change no state
+            return
         for key, value in self._pending.items():
             if value is _DELETED:
                 self._committed.pop(key, None)

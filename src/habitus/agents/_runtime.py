@@ -265,7 +265,8 @@ class Runtime:
                 stored = by_id.get(op.event)
                 if stored is not None:
                     activation.inbox.append((stored[0], stored, None, op.allowed_at))
-            activation.wake.set()
+            if activation.idle_since is not None:  # waiting for work; a busy one looks at its inbox next
+                activation.wake.set()
         if woken:
             self._on_mail(woken)
 

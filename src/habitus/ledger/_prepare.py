@@ -295,7 +295,18 @@ class Preparer:
             for i, (draft, _spec, meta, encoded, thread, at, causes) in enumerate(checked):
                 seq = first + i
                 id_ = ids[i]
-                causes_b = b"".join(c.bytes for c in causes) if causes else None
+                if len(causes) == 1:  # the usual case (a handler's effects: the message): its bytes once
+                    causes_b = causes[0].bytes
+                    cause_seq = known.get(causes_b)
+                    edges.append((first + position[causes_b] if cause_seq is None else cause_seq, seq))
+                elif causes:
+                    raws = [c.bytes for c in causes]
+                    causes_b = b"".join(raws)
+                    for raw in raws:
+                        cause_seq = known.get(raw)
+                        edges.append((first + position[raw] if cause_seq is None else cause_seq, seq))
+                else:
+                    causes_b = None
                 if encoded is None:
                     ctype = digest = salt = body = None
                 else:
@@ -307,9 +318,6 @@ class Preparer:
                 rows.append(
                     (seq, id_, ts, at, draft.actor, draft.kind, thread, meta, causes_b, ctype, digest, leaf, salt, body)
                 )
-                for c in causes:
-                    cause_seq = known.get(c.bytes)
-                    edges.append((first + position[c.bytes] if cause_seq is None else cause_seq, seq))
             size = frontier.size
             if size and (checkpoint or size - seqr.last_checkpoint >= self._limits.checkpoint_every):
                 assert self._signer is not None

@@ -155,7 +155,9 @@ class Messenger:
 
     def depth(self, agent: str) -> int:
         """Messages waiting in an agent's mailbox (dead letters excluded)."""
-        aid = agent_id(agent)
+        return self._depth_of(agent_id(agent))
+
+    def _depth_of(self, aid: str) -> int:
         if self._store.read_only:
             return self._store.mailbox_depth(aid)  # another process writes: read what it committed
         if self._depth is None:
@@ -203,7 +205,7 @@ class Messenger:
                     await control.deny(sender, "message:send", recipient, decision.reason)
                 if decision.approval:  # a grant or rule that wants a human for each message
                     await control.approved(sender, "message:send", recipient, on_behalf_of=on_behalf_of)
-            depth = self.depth(to_agent)
+            depth = self._depth_of(to_agent)
             # (counting this transaction's own mail for the agent only matters near the capacity)
             if depth + len(tx.ops) >= self._capacity and depth + _staged_for(tx, to_agent) >= self._capacity:
                 raise MailboxFullError(
