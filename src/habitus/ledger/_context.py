@@ -50,8 +50,14 @@ class caused_by(AbstractContextManager[CausalContext]):  # noqa: N801 - used lik
     __slots__ = ("_context", "_token")
 
     def __init__(self, *causes: Event | uuid.UUID | str, thread: str | None = None) -> None:
+        self._token: Token[CausalContext] | None = None
         outer = _CONTEXT.get()
         ids = outer.causes
+        if not ids and len(causes) == 1:  # the runtime's: one message's id
+            (only,) = causes
+            if type(only) is uuid.UUID:
+                self._context = CausalContext((only,), thread if thread is not None else outer.thread)
+                return
         for cause in causes:
             value = (
                 cause.id if isinstance(cause, Event) else cause if isinstance(cause, uuid.UUID) else uuid.UUID(cause)
@@ -59,7 +65,6 @@ class caused_by(AbstractContextManager[CausalContext]):  # noqa: N801 - used lik
             if value not in ids:
                 ids = (*ids, value)
         self._context = CausalContext(ids, thread if thread is not None else outer.thread)
-        self._token: Token[CausalContext] | None = None
 
     def __enter__(self) -> CausalContext:
         self._token = _CONTEXT.set(self._context)

@@ -270,11 +270,11 @@ class Preparer:
         by the writer after a failed write.
         """
         n = len(checked)
+        # Where each id of this batch is, for causes staged in it (a transaction's events may cite earlier
+        # ones): built on the first cause not committed already, which most batches never have.
+        position: dict[bytes, int] | None = None
         if ids is None:
             ids = new_ids(n)
-            position: dict[bytes, int] = {}
-        else:  # a transaction's ids, given when staged; its events may cite earlier ones
-            position = {id_: i for i, id_ in enumerate(ids)}
         salts = random_bytes(16 * n)
         rows: list[Row] = []
         edges: list[tuple[int, int]] = []
@@ -295,16 +295,16 @@ class Preparer:
             for i, (draft, _spec, meta, encoded, thread, at, causes) in enumerate(checked):
                 seq = first + i
                 id_ = ids[i]
-                if len(causes) == 1:  # the usual case (a handler's effects: the message): its bytes once
-                    causes_b = causes[0].bytes
-                    cause_seq = known.get(causes_b)
-                    edges.append((first + position[causes_b] if cause_seq is None else cause_seq, seq))
-                elif causes:
-                    raws = [c.bytes for c in causes]
-                    causes_b = b"".join(raws)
+                if causes:
+                    raws = [c.bytes for c in causes]  # (a Python property: read once)
+                    causes_b = raws[0] if len(raws) == 1 else b"".join(raws)
                     for raw in raws:
                         cause_seq = known.get(raw)
-                        edges.append((first + position[raw] if cause_seq is None else cause_seq, seq))
+                        if cause_seq is None:
+                            if position is None:
+                                position = {id_: j for j, id_ in enumerate(ids)}
+                            cause_seq = first + position[raw]
+                        edges.append((cause_seq, seq))
                 else:
                     causes_b = None
                 if encoded is None:

@@ -59,6 +59,10 @@ class Transaction:
         self._ids.append(id_)
         return uuid_from_bytes(id_)
 
+    def last_id_bytes(self) -> bytes:
+        """The raw 16 bytes of the id :meth:`append` last returned (for projections that store it)."""
+        return self._ids[-1]
+
     def project(self, op: Op) -> None:
         """Add a projection change to commit with the staged events (for Habitus's subsystems)."""
         if self._events is not None:

@@ -227,7 +227,7 @@ class Messenger:
         cited = [in_reply_to, *causes] if in_reply_to is not None else list(causes)
         message_id = tx.append("message.sent", actor=sender, content=body, meta=meta, thread=thread, causes=cited)
         if to_agent is not None:
-            tx.project(MailboxPut(to_agent, message_id.bytes, sender, epoch))
+            tx.project(MailboxPut(to_agent, tx.last_id_bytes(), sender, epoch))
         return message_id
 
     async def stage_reply(
