@@ -20,7 +20,6 @@ from typing import Any, Literal, TypeVar
 
 from habitus.errors import ReadOnlyHabitatError, StorageError
 from habitus.storage._abstract import CheckpointRow, EventQuery, Row, WriteBatch
-from habitus.storage._memory import MemoryDelete
 from habitus.storage._postings import MERGE_EVENTS, build_postings, iter_seqs, merge_recent, recent_start
 from habitus.storage._postings import SCHEMA as POSTINGS_SCHEMA
 from habitus.storage._projections import AgentRow, MailboxRow, TimerRow
@@ -193,14 +192,13 @@ class SQLiteStore(SQLiteMemoryReads):
                         "INSERT OR REPLACE INTO checkpoints (tree_size, root, ts, signature) VALUES (?, ?, ?, ?)",
                         batch.checkpoint,
                     )
-                if batch.ops:
-                    apply_ops(
-                        conn, batch.ops, {row[1]: row[0] for row in batch.rows}, {row[0]: row[2] for row in batch.rows}
-                    )
+                deleted = bool(batch.ops) and apply_ops(
+                    conn, batch.ops, {row[1]: row[0] for row in batch.rows}, {row[0]: row[2] for row in batch.rows}
+                )
                 for seq in batch.erase:
                     conn.execute("UPDATE events SET salt = NULL, body = NULL WHERE seq = ?", (seq,))
                 conn.execute("COMMIT")
-                if any(isinstance(op, MemoryDelete) for op in batch.ops):
+                if deleted:
                     self._fulltext_dirty = True
             except BaseException:
                 self._recent_start = _UNKNOWN

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from habitus.errors import IntegrityError
-from habitus.storage._memory import MEMORY_OPS, MemoryPut
+from habitus.storage._memory import MEMORY_OPS, MemoryDelete, MemoryPut
 from habitus.storage._projections import (
     AgentPut,
     AgentRow,
@@ -98,8 +98,11 @@ class _Mail:
         self.keys = set()
 
 
-def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, int], ts_of: dict[int, int]) -> None:
+def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, int], ts_of: dict[int, int]) -> bool:
     """Apply projection ops inside the caller's transaction, with the effect of applying them in order.
+
+    Returns True if a memory was deleted (its words stay in the full-text
+    index until it is purged).
 
     Mailbox puts and acks, and budget usage, are written in a few multi-row
     statements (see ``_sqlite_batch``): usage adds up in any order, and
@@ -109,6 +112,7 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
     mail = _Mail()
     usage: dict[tuple[str, str, int], int] = {}
     memories: list[MemoryPut] = []
+    deleted = False
     for op in ops:
         if type(op) is MailboxPut:  # the ops are final dataclasses: no subclasses to miss
             seq = seq_of.get(op.event)
@@ -138,6 +142,7 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
             _put_memories(conn, memories, seq_of, ts_of)
             memories = []
         if isinstance(op, MEMORY_OPS):
+            deleted = deleted or isinstance(op, MemoryDelete)
             try:
                 apply_memory_op(conn, op, seq_of, ts_of)
             except KeyError:
@@ -187,6 +192,7 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
     mail.write(conn)
     if usage:
         insert_rows(conn, _ADD_USAGE, [(*key, amount) for key, amount in usage.items()], 4, tail=_ADD_USAGE_TAIL)
+    return deleted
 
 
 def _put_memories(
