@@ -253,7 +253,7 @@ class Runtime:
         by_id: dict[bytes, Row] | None = None
         woken: set[str] = set()
         for op in ops:
-            if not isinstance(op, MailboxPut):
+            if type(op) is not MailboxPut:
                 continue
             activation = self._active.get(op.agent)
             if activation is None:
