@@ -253,7 +253,7 @@ class Runtime:
         by_id: dict[bytes, Row] | None = None
         woken: set[str] = set()
         for op in ops:
-            if type(op) is not MailboxPut:
+            if not isinstance(op, MailboxPut):
                 continue
             activation = self._active.get(op.agent)
             if activation is None:

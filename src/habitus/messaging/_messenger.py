@@ -343,10 +343,9 @@ class Messenger:
             depth = None
         if depth is not None:
             for op in ops:
-                # (final dataclasses: an exact type test is enough, and cheaper than isinstance of a union)
-                if type(op) is MailboxPut:
+                if isinstance(op, MailboxPut):
                     depth[op.agent] = depth.get(op.agent, 0) + 1
-                elif type(op) is MailboxAck or type(op) is MailboxDead:
+                elif isinstance(op, MailboxAck | MailboxDead):
                     depth[op.agent] = depth.get(op.agent, 0) - 1
         if self._waiting:
             for row in rows:
