@@ -308,10 +308,10 @@ async def test_a_delivery_in_this_process_asks_again_once_anything_a_decision_de
     sent = await hab.acting_as("human:bob").send("scout", "queued while allowed")
     message = Message.from_event(sent)
     assert control.unchanged_since(allowed_at)
-    assert await messenger.check_delivery(message, "agent:scout", allowed_at) is None
+    assert await messenger.check_delivery(message, "agent:scout") is None
     await hab.control.revoke(cap.id, by="human:alice")
     assert not control.unchanged_since(allowed_at)
-    refusal = await messenger.check_delivery(message, "agent:scout", allowed_at)
+    refusal = await messenger.check_delivery(message, "agent:scout")
     assert refusal is not None and "human:bob may not message:send agent:scout" in refusal
     assert ("human:bob", "message:send", "agent:scout") in await _denials(hab)
     # An agent's status change, or any hook (which may answer differently each time), also asks again.

@@ -401,9 +401,10 @@ class Runtime:
     ) -> bool:
         """Handle the message at ``seq``, tried ``attempts`` times before; True if acknowledged (or dead-lettered)."""
         agent = activation.agent
-        # (the check's own first test, made here: most deliveries then create no coroutine for it)
+        # Sent from this process at control epoch ``allowed_at`` and nothing a decision depends on has
+        # changed since: the send's check still holds (see MailboxPut), and no second one is made.
         if allowed_at < 0 or not self._control.unchanged_since(allowed_at):
-            refusal = await self._messenger.check_delivery(message, principal_of(agent), allowed_at)
+            refusal = await self._messenger.check_delivery(message, principal_of(agent))
             if refusal is not None:
                 await self._give_up(agent, seq, attempts, message, f"refused by policy: {refusal}")
                 return True

@@ -149,7 +149,7 @@ class _Budgets:
             BudgetExceededError: It would exceed the principal's or its owner's
                 limit; recorded as ``budget.exceeded``, nothing staged.
         """
-        if not self._has_budgets():
+        if not self.has_budgets():
             return
         if amount < 0:
             raise InvalidRequestError(f"amount must not be negative, not {amount!r}")
@@ -166,14 +166,11 @@ class _Budgets:
             BudgetExceededError: It would exceed the principal's or its owner's
                 limit; recorded as ``budget.exceeded``.
         """
-        if self._has_budgets():
+        if self.has_budgets():
             await self._room(principal, meter, max(amount, 0), (), refuse=True)
 
     def has_budgets(self) -> bool:
         """True if any budget is configured (else :meth:`charge` has nothing to count: callers may skip it)."""
-        return self._has_budgets()
-
-    def _has_budgets(self) -> bool:
         if not self._budget_rules:
             if self._loaded and not self._store.read_only:
                 return False  # no budgets at all (the usual case): nothing to count

@@ -293,18 +293,16 @@ class Messenger:
             tx.project(MailboxPut(agent, message_id.bytes, sender))
         return message_id
 
-    async def check_delivery(self, message: Message, recipient: str, allowed_at: int = -1) -> str | None:
+    async def check_delivery(self, message: Message, recipient: str) -> str | None:
         """Check again, at delivery, that the sender may still reach ``recipient``; the refusal, or None.
 
         A capability revoked, or a sender suspended, after the message was queued
-        stops it here (recorded as ``policy.denied``). Replies and timers pass, and
-        so does a message sent from this process at control epoch ``allowed_at``
-        when nothing a decision depends on has changed since (see ``MailboxPut``).
+        stops it here (recorded as ``policy.denied``). Replies and timers pass. (The
+        runtime skips this check for mail sent from its own process while nothing a
+        decision depends on has changed: see ``MailboxPut.allowed_at``.)
         """
         sender = message.sender
         if sender == "system" or message.in_reply_to is not None:
-            return None
-        if allowed_at >= 0 and self._control.unchanged_since(allowed_at):
             return None
         if message.topic is not None:
             action, resource = "message:publish", f"topic:{message.topic}"

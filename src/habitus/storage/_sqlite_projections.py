@@ -85,6 +85,12 @@ class _Mail:
         self.acks: list[tuple[str, int]] = []
         self.keys: set[tuple[str, int]] = set()
 
+    def hold(self, conn: sqlite3.Connection, key: tuple[str, int]) -> None:
+        """Note a change to message ``key`` about to be held back (writing what is held first if it changes it too)."""
+        if key in self.keys:
+            self.write(conn)
+        self.keys.add(key)
+
     def touches(self, key: tuple[str, int]) -> bool:
         return key in self.keys
 
@@ -115,20 +121,13 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op], seq_of: dict[bytes, i
     deleted = False
     for op in ops:
         if type(op) is MailboxPut:  # the ops are final dataclasses: no subclasses to miss
-            seq = seq_of.get(op.event)
-            if seq is None:
-                raise IntegrityError("a projection change names an event that is not in its transaction")
-            key = (op.agent, seq)
-            if key in mail.keys:
-                mail.write(conn)
-            mail.keys.add(key)
+            seq = _seq(seq_of, op.event)
+            mail.hold(conn, (op.agent, seq))
             mail.puts.append((op.agent, seq, op.sender))
             continue
         if type(op) is MailboxAck:
             key = (op.agent, op.msg)
-            if key in mail.keys:
-                mail.write(conn)
-            mail.keys.add(key)
+            mail.hold(conn, key)
             mail.acks.append(key)
             continue
         if isinstance(op, UsageAdd):
