@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from habitus.control import _kinds  # noqa: F401  (registers the control kinds)
-from habitus.control._approvals import _Approvals
 from habitus.control._budgets import _Budgets
 from habitus.control._config import ControlConfig, period_seconds
 from habitus.control._grants import _Grants
@@ -69,7 +68,7 @@ _POLICY_KINDS = ("capability.granted", "capability.revoked", "approval.required"
                  "budget.set", "trust.labelled", "approval.requested", "approval.decided")  # fmt: skip
 
 
-class Control(_Grants, _Approvals, _Budgets, _Trust):
+class Control(_Grants, _Budgets, _Trust):
     """Principals, capabilities, budgets, approvals and trust labels: the habitat's policy.
 
     Obtain it as :attr:`habitus.Habitat.control`. Defaults are safe and

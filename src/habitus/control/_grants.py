@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from habitus.control._approvals import _Approvals
 from habitus.control._rules import (
     Capability,
-    Decision,
     check_action,
     check_principal,
     covers,
@@ -16,49 +16,27 @@ from habitus.control._rules import (
     matches,
     normalise_resource,
 )
-from habitus.errors import InvalidRequestError, PolicyDeniedError
+from habitus.errors import InvalidRequestError
 from habitus.ledger._codec import to_micros
 from habitus.ledger._rows import as_uuid
-
-if TYPE_CHECKING:
-    from habitus.control._approvals import Approval
-    from habitus.ledger._ledger import Ledger
 
 __all__ = ["_Grants"]
 
 
-class _Grants:
+class _Grants(_Approvals):
     """The capabilities and approval rules of :class:`~habitus.control.Control`: granted and revoked as events,
-    kept current by its replay of ``capability.*`` and ``approval.required``/``waived``."""
+    kept current by its replay of ``capability.*`` and ``approval.required``/``waived``. (A grant a rule wants
+    a human for waits in the approval queue it builds on.)"""
 
-    _ledger: Ledger
     _caps: dict[str, Capability]
     _rules: dict[tuple[str, str], str]
 
     if TYPE_CHECKING:
 
-        def _load(self) -> None: ...
-        def _writable(self) -> None: ...
         def _writable_by_system(self, by: str) -> None: ...
         def _ruled(self, action: str, resource: str) -> bool: ...
         def _holds(self, principal: str, action: str, resource: str) -> tuple[str | None, bool]: ...
         def _candidates(self, principal: str) -> list[Capability]: ...
-        def decide(
-            self, principal: str, action: str, resource: str, *, on_behalf_of: str | None = None
-        ) -> Decision: ...
-        async def deny(
-            self, principal: str, action: str, resource: str, reason: str, *, error: type[PolicyDeniedError] = ...
-        ) -> None: ...
-        async def await_approval(
-            self,
-            principal: str,
-            action: str,
-            resource: str,
-            *,
-            on_behalf_of: str | None = None,
-            detail: Any = None,
-            timeout: float | None = None,
-        ) -> Approval: ...
 
     async def grant(
         self,
