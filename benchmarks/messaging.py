@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import json
@@ -80,18 +81,36 @@ LCG_A, LCG_C, LCG_M = 1_103_515_245, 12_345, 0x7FFF_FFFF
 SENDER = "human:bench"
 
 
-RSS_SOURCE = "/proc/self/statm" if Path("/proc/self/statm").exists() else "getrusage(RUSAGE_SELF).ru_maxrss (peak)"
+RSS_SOURCE = (
+    "/proc/self/statm + writer process"
+    if Path("/proc/self/statm").exists()
+    else "getrusage(RUSAGE_SELF).ru_maxrss (peak)"
+)
 
 
 def rss_bytes() -> int:
-    """The resident set size now (from ``/proc/self/statm``), or the peak where there is no ``/proc``."""
+    """The resident set size now, with the habitat's writer process if one runs (``/proc``), or the peak."""
     gc.collect()
     try:
         resident = int(Path("/proc/self/statm").read_text().split()[1])
     except OSError:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
+    for pid in children():
+        with contextlib.suppress(OSError):  # it may have ended since
+            resident += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return resident * os.sysconf("SC_PAGE_SIZE")
+
+
+def children() -> list[int]:
+    """Pids of this process's children (the writer process ``commit_process`` starts)."""
+    me = str(os.getpid())
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                out.append(int(stat.parent.name))
+    return out
 
 
 def mib(n: int) -> float:

@@ -387,6 +387,7 @@ def _limits(settings: Settings) -> LedgerLimits:
         max_meta_bytes=settings.max_meta_bytes,
         checkpoint_every=settings.checkpoint_every,
         inline_commits=settings.durability != "full",
+        commit_process=settings.commit_process,
     )
 
 

@@ -27,6 +27,9 @@ class Settings(BaseModel):
         path: The habitat directory.
         durability: ``normal`` survives a killed process (SQLite synchronous=NORMAL
             in WAL mode); ``full`` also survives power loss, with an fsync per commit.
+        commit_process: When ledger commits move from the writer thread to a writer
+            process that runs beside the agents on another core: ``auto`` (under
+            sustained load), ``always`` or ``never``.
         checkpoint_every: Sign a checkpoint automatically after this many events
             (one is also signed when the habitat is closed).
         max_content_bytes: Largest content accepted by an append.
@@ -60,6 +63,7 @@ class Settings(BaseModel):
 
     path: Path = Path("habitat")
     durability: Literal["normal", "full"] = "normal"
+    commit_process: Literal["auto", "always", "never"] = "auto"
     checkpoint_every: int = Field(default=10_000, ge=1, le=100_000_000)
     max_content_bytes: int = Field(default=1_048_576, ge=1, le=256 * 1_048_576)
     max_meta_bytes: int = Field(default=16_384, ge=2, le=1_048_576)

@@ -100,6 +100,11 @@ class SyncLedger:
         """Hex Ed25519 public key that signs this ledger's checkpoints."""
         return self._target.public_key
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The pid of the writer process while commits go to it (see ``commit_process``), else None."""
+        return self._target.writer_pid
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Blocking twin of :meth:`Ledger.transaction`: commits when the block ends without error."""

@@ -72,9 +72,13 @@ class Worker(Agent):
 
 
 async def main() -> None:
-    settings = Settings.resolve(config_file=None, environ={}, path=PATH)
+    settings = Settings.resolve(config_file=None, environ={}, path=PATH).model_copy(
+        update={"commit_process": sys.argv[2]}
+    )
     hab = await Habitat.open(PATH, settings=settings)
     try:
+        while settings.commit_process == "always" and hab.ledger.writer_pid is None:
+            await asyncio.sleep(0.01)  # this life is meant to crash with commits in the writer process
         await hab.start(app, options=RuntimeOptions(retry_base=0.01, timer_poll=0.05))
         print("running", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # the test says "stop" (or kills this process first)
@@ -129,11 +133,12 @@ class _Child:
         self.proc = proc
 
     @classmethod
-    async def start(cls, script: Path, habitat: Path, stderr: IO[str]) -> _Child:
+    async def start(cls, script: Path, habitat: Path, process: str, stderr: IO[str]) -> _Child:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(script),
             str(habitat),
+            process,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
@@ -197,9 +202,11 @@ def _twice(counts: Counter[str]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("process", ["auto", "always"])
 async def test_sigkilled_runtime_handles_every_message_once_and_fires_every_timer(
-    tmp_path: Path, settings: Settings
+    tmp_path: Path, settings: Settings, process: str
 ) -> None:
+    """With ``always``, every life commits through a writer process, which dies with the runtime."""
     work = _workload(random.Random(SEED))
     kill_rng = random.Random(SEED + 1)  # the kill moments
     script = tmp_path / "runtime_child.py"
@@ -220,7 +227,7 @@ async def test_sigkilled_runtime_handles_every_message_once_and_fires_every_time
         ctx = f"seed {SEED}, kill #{life} ({delay:.3f}s after the app started)"
         stderr_path = tmp_path / f"child-{life}.stderr"
         with stderr_path.open("w", encoding="utf-8") as stderr:
-            child = await _Child.start(script, where, stderr)
+            child = await _Child.start(script, where, process, stderr)
             try:
                 running = await child.line(START_TIMEOUT) == "running\n"
                 if running:
@@ -253,7 +260,7 @@ async def test_sigkilled_runtime_handles_every_message_once_and_fires_every_time
     # One last life, run to completion: watch the ledger from a reader until every expected note is there.
     stderr_path = tmp_path / "child-final.stderr"
     with stderr_path.open("w", encoding="utf-8") as stderr:
-        child = await _Child.start(script, where, stderr)
+        child = await _Child.start(script, where, process, stderr)
         closed = False
         try:
             running = await child.line(START_TIMEOUT) == "running\n"

@@ -38,13 +38,14 @@ import asyncio
 import random
 import sys
 import threading
+import time
 from pathlib import Path
 
 from habitus import Draft, Habitat, Settings, SyncHabitat
 
 PATH, MODE, SEED, CHECKPOINT_EVERY = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 WORKERS = 3
-settings = Settings(path=Path(PATH), checkpoint_every=CHECKPOINT_EVERY)
+settings = Settings(path=Path(PATH), checkpoint_every=CHECKPOINT_EVERY, commit_process=sys.argv[5])
 out = threading.Lock()
 known = []  # ids this process may name as causes: a few from earlier lives, then its own
 
@@ -77,10 +78,18 @@ def plan(rng, w, n):
     return ("many", drafts)
 
 
+def say_started(ledger):
+    """Say so once commits go where this life is meant to test them (with ``always``, the writer process)."""
+    while settings.commit_process == "always" and ledger.writer_pid is None:
+        time.sleep(0.01)
+    with out:
+        print("started", ledger.writer_pid or 0, flush=True)
+
+
 async def run_tasks():
     hab = await Habitat.open(PATH, create=True, settings=settings)
     known.extend(e.id for e in (await hab.ledger.query(order="desc", limit=20)).events)
-    print("started", flush=True)
+    threading.Thread(target=say_started, args=(hab.ledger,), daemon=True).start()
 
     async def worker(w):
         rng = random.Random(SEED * 100 + w)
@@ -99,7 +108,7 @@ async def run_tasks():
 def run_threads():
     hab = SyncHabitat.open(PATH, create=True, settings=settings)
     known.extend(e.id for e in hab.ledger.query(order="desc", limit=20).events)
-    print("started", flush=True)
+    threading.Thread(target=say_started, args=(hab.ledger,), daemon=True).start()
 
     def worker(w):
         rng = random.Random(SEED * 100 + w)
@@ -129,13 +138,14 @@ else:
 class _Writer:
     """The child writer process, and a thread collecting what it reports on stdout."""
 
-    def __init__(self, script: Path, habitat: Path, mode: str, seed: int, stderr: IO[str]) -> None:
+    def __init__(self, script: Path, habitat: Path, mode: str, seed: int, process: str, stderr: IO[str]) -> None:
         self._cond = threading.Condition()
         self.started = False
+        self.writer_pid = 0  # the habitat's writer process, if commits went to one
         self.eof = False
         self.reported: list[tuple[int, uuid.UUID]] = []
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(habitat), mode, str(seed), str(CHECKPOINT_EVERY)],
+            [sys.executable, str(script), str(habitat), mode, str(seed), str(CHECKPOINT_EVERY), process],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -151,8 +161,9 @@ class _Writer:
                 if not line.endswith("\n"):
                     break  # cut short by the kill: that append was never fully acknowledged
                 with self._cond:
-                    if line == "started\n":
+                    if line.startswith("started "):
                         self.started = True
+                        self.writer_pid = int(line.split()[1])
                     else:
                         seq, id_ = line.split()
                         self.reported.append((int(seq), uuid.UUID(id_)))
@@ -184,6 +195,20 @@ class _Writer:
         self.proc.stdout.close()
 
 
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts: it can no longer write), waiting up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def _page_through(habitat: SyncHabitat, after: int) -> list[Event]:
     """Events after seq ``after``, oldest first, read one ``query`` page at a time."""
     events: list[Event] = []
@@ -197,7 +222,9 @@ def _page_through(habitat: SyncHabitat, after: int) -> list[Event]:
 
 
 @pytest.mark.slow
-def test_sigkilled_writer_loses_no_acknowledged_append(tmp_path: Path, settings: Settings) -> None:
+@pytest.mark.parametrize("process", ["auto", "always"])
+def test_sigkilled_writer_loses_no_acknowledged_append(tmp_path: Path, settings: Settings, process: str) -> None:
+    """With ``always`` the commits are made by a writer process, which must die with the habitat's."""
     rng = random.Random(SEED)  # the kill moments and the children's seeds
     sampler = random.Random(SEED + 1)  # which acknowledged events are fetched with get()
     script = tmp_path / "crash_child.py"
@@ -214,7 +241,7 @@ def test_sigkilled_writer_loses_no_acknowledged_append(tmp_path: Path, settings:
         ctx = f"seed {SEED}, kill #{life} ({mode}, child seed {child_seed}, {delay:.3f}s after start)"
         stderr_path = tmp_path / f"child-{life}.stderr"
         with stderr_path.open("w", encoding="utf-8") as stderr:
-            child = _Writer(script, where, mode, child_seed, stderr)
+            child = _Writer(script, where, mode, child_seed, process, stderr)
             try:
                 started = child.wait_started(START_TIMEOUT)
                 if started:
@@ -227,6 +254,9 @@ def test_sigkilled_writer_loses_no_acknowledged_append(tmp_path: Path, settings:
         assert started, f"{ctx}: the child never said it had opened the habitat:\n{errors}"
         assert appended, f"{ctx}: the child reported no returned append:\n{errors}"
         assert child.proc.returncode == -signal.SIGKILL, f"{ctx}: the child died by itself:\n{errors}"
+        if process == "always":
+            assert child.writer_pid, f"{ctx}: commits never went to a writer process"
+            assert _gone(child.writer_pid), f"{ctx}: the writer process outlived its habitat"
         kills += 1
 
         reported = dict(child.reported)

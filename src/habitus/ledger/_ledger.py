@@ -54,10 +54,11 @@ class _Group:
     going to share one SQLite commit anyway (see :meth:`Writer.submit`).
     """
 
-    __slots__ = ("checked", "ids", "known", "ops", "rows", "waiters")
+    __slots__ = ("checked", "ids", "known", "ops", "rows", "sizes", "waiters")
 
     def __init__(self) -> None:
         self.waiters: list[asyncio.Future[None]] = []  # one per transaction (see Batch.waiters)
+        self.sizes: list[tuple[int, int]] = []  # each transaction's (events, ops), to cut it into pieces
         self.checked: list[tuple[Any, ...]] = []
         self.ids: list[bytes] = []
         self.known: dict[bytes, int] = {}
@@ -97,12 +98,31 @@ class TransactionScope:
         group.checked += checked
         group.ids += ids
         group.ops += ops
+        group.sizes.append((len(checked), len(ops)))
         if known:
             group.known.update(known)
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         group.waiters.append(committed)
         await committed
         tx._done(CommittedEvents(group.rows[start : start + len(checked)]))
+
+
+def _pieces(sizes: list[tuple[int, int]], events: int) -> list[tuple[int, int, int, int, int, int]]:
+    """Cut a group at transaction boundaries into pieces of at least ``events`` events (the last may be smaller).
+
+    Each piece is ``(first tx, end tx, first event, end event, first op, end op)``.
+    """
+    out = []
+    t0 = e0 = o0 = e = o = 0
+    for t, (n_events, n_ops) in enumerate(sizes):
+        e += n_events
+        o += n_ops
+        if e - e0 >= events:
+            out.append((t0, t + 1, e0, e, o0, o))
+            t0, e0, o0 = t + 1, e, o
+    if t0 < len(sizes):
+        out.append((t0, len(sizes), e0, e, o0, o))
+    return out
 
 
 class Ledger:
@@ -140,6 +160,7 @@ class Ledger:
                 loop=asyncio.get_running_loop(),
                 on_commit=self._on_commit,
                 inline=self._limits.inline_commits,
+                process=self._limits.commit_process,
             )
 
     async def _close(self) -> None:
@@ -152,6 +173,7 @@ class Ledger:
         if grew:
             with contextlib.suppress(HabitatError):
                 await self.checkpoint()
+        await self._writer.retire_process()
         writer, self._writer = self._writer, None
         await asyncio.to_thread(writer.stop)
 
@@ -159,6 +181,12 @@ class Ledger:
     def public_key(self) -> str:
         """Hex Ed25519 public key that signs this ledger's checkpoints."""
         return self._public_key
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The pid of the writer process while commits go to it (see ``commit_process``), else None."""
+        writer = self._writer
+        return writer.process_pid if writer is not None else None
 
     # -- appending ------------------------------------------------------------------------
 
@@ -243,10 +271,21 @@ class Ledger:
         if group is None:
             return
         try:
-            batch, _ = self._prep.seal(group.checked, group.known, ids=group.ids, ops=group.ops)
-            batch.waiters = group.waiters
-            group.rows = batch.rows
-            self._require_writer().submit(batch, group=True)
+            writer = self._require_writer()
+            piece = writer.piece_events
+            if piece is None or len(group.checked) <= piece:
+                batch, _ = self._prep.seal(group.checked, group.known, ids=group.ids, ops=group.ops)
+                batch.waiters = group.waiters
+                group.rows = batch.rows
+                writer.submit(batch, group=True)
+                return
+            for t0, t1, e0, e1, o0, o1 in _pieces(group.sizes, piece):
+                batch, _ = self._prep.seal(
+                    group.checked[e0:e1], group.known, ids=group.ids[e0:e1], ops=group.ops[o0:o1]
+                )
+                batch.waiters = group.waiters[t0:t1]
+                group.rows += batch.rows
+                writer.submit(batch, group=True)
         except BaseException as exc:  # noqa: BLE001 - handed to every transaction of the group
             for waiter in group.waiters:
                 if not waiter.done():

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from habitus._ids import new_ids, random_bytes
 from habitus.errors import (
@@ -46,17 +46,25 @@ class LedgerLimits:
 
     ``inline_commits`` lets a lone small append commit on the event loop when the
     writer is idle; it is off when every commit waits for an fsync.
+    ``commit_process`` says when commits move to a writer process (see ``Writer``).
     """
 
-    __slots__ = ("checkpoint_every", "inline_commits", "max_content_bytes", "max_meta_bytes")
+    __slots__ = ("checkpoint_every", "commit_process", "inline_commits", "max_content_bytes", "max_meta_bytes")
 
     def __init__(
-        self, *, max_content_bytes: int, max_meta_bytes: int, checkpoint_every: int, inline_commits: bool = True
+        self,
+        *,
+        max_content_bytes: int,
+        max_meta_bytes: int,
+        checkpoint_every: int,
+        inline_commits: bool = True,
+        commit_process: Literal["auto", "always", "never"] = "never",
     ) -> None:
         self.max_content_bytes = max_content_bytes
         self.max_meta_bytes = max_meta_bytes
         self.checkpoint_every = checkpoint_every
         self.inline_commits = inline_commits
+        self.commit_process = commit_process
 
 
 _VALID_ACTORS: set[str] = set()

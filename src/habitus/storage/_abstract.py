@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from habitus.storage._memory import MemoryStore
 from habitus.storage._projections import Op, ProjectionStore
@@ -24,6 +24,7 @@ __all__ = [
     "EventQuery",
     "HabitatStore",
     "LedgerStore",
+    "ProcessWritable",
     "Row",
     "WriteBatch",
 ]
@@ -184,6 +185,23 @@ class LedgerStore(Protocol):
 
     def checkpoints(self) -> list[CheckpointRow]:
         """Every stored checkpoint, by tree size."""
+        ...
+
+
+@runtime_checkable
+class ProcessWritable(Protocol):
+    """A store whose writes a child process can take over (see ``habitus.ledger._committer``)."""
+
+    def child_writer_args(self) -> list[str]:
+        """Arguments after the file descriptor for ``python -m habitus.storage._sqlite_child``."""
+        ...
+
+    def take_fulltext_dirty(self) -> bool:
+        """Whether deletes await a scrub here; cleared, because the child's scrub now covers them."""
+        ...
+
+    def adopt_writes(self, *, fulltext_dirty: bool) -> None:
+        """Writing comes back from the child: forget cached write-side state."""
         ...
 
 

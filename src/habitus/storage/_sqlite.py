@@ -221,6 +221,27 @@ class SQLiteStore(SQLiteMemoryReads):
             conn.execute("DELETE FROM edges_recent")
             self._recent_start = None
 
+    # -- a writer in a child process (see habitus.ledger._committer) --------------------
+
+    def child_writer_args(self) -> list[str]:
+        """What ``python -m habitus.storage._sqlite_child`` needs to open this file as its writer."""
+        return [str(self._path), "full" if self._sync == "FULL" else "normal"]
+
+    @property
+    def fulltext_dirty(self) -> bool:
+        """Whether memories were deleted since the last scrub (their words are still in the full-text index)."""
+        return self._fulltext_dirty
+
+    def take_fulltext_dirty(self) -> bool:
+        """Whether memories were deleted since the last scrub; the caller's scrub now answers for them."""
+        dirty, self._fulltext_dirty = self._fulltext_dirty, False
+        return dirty
+
+    def adopt_writes(self, *, fulltext_dirty: bool) -> None:
+        """Another writer wrote this file: forget what was cached about it (and carry its unscrubbed deletes)."""
+        self._recent_start = _UNKNOWN
+        self._fulltext_dirty = self._fulltext_dirty or fulltext_dirty
+
     def scrub(self) -> bool:
         """Copy the WAL into the database and truncate it, so no stale page copy remains.
 
