@@ -29,14 +29,20 @@
   are in memory at once (``runtime.active`` is reported as ``active_agents``); the
   process's resident set size then, before they are released. Against
   ``asyncio_active_10k_rss_mb``: 10,000 tasks, each with a queue, handed one message and
-  awaiting the same kind of event.
+  awaiting the same kind of event. Resident sizes include the habitat's writer process
+  when one runs (see ``commit_process``).
+
+Every habitat uses ``commit_process = "auto"`` (the default: commits move to a writer
+process under sustained load, which the one-way pattern is); ``--commit-process`` runs
+them all with ``always`` or ``never`` instead, and the JSON says which.
 
 Each memory figure is measured in a fresh child process (this script with ``--phase``),
 so that memory freed by earlier phases does not hide growth. ``targets_met`` compares the
 figures with the targets (20,000 messages/s; p50 ≤ 0.5 ms, p99 ≤ 2 ms; ≤ 2 KiB a dormant
 agent; < 500 MiB with 10,000 active) without failing the run. Progress goes to stderr;
 ``--json`` prints one JSON object on stdout. Exit status 1 if a check fails.
-Usage: ``python benchmarks/messaging.py [--quick] [--dormant N] [--hops N] [--seeds N] [--json]``.
+Usage: ``python benchmarks/messaging.py [--quick] [--dormant N] [--hops N] [--seeds N]
+[--commit-process auto|always|never] [--json]``.
 """
 
 from __future__ import annotations
@@ -175,8 +181,13 @@ def build_app(n: int, gate: Gate | None = None) -> habitus.App:
     return app
 
 
+COMMIT_PROCESS = ["auto"]  # the habitat's default; --commit-process measures the others
+
+
 def settings(path: Path) -> habitus.Settings:
-    return habitus.Settings.resolve(config_file=None, environ={}, path=path, mailbox_capacity=100_000)
+    return habitus.Settings.resolve(
+        config_file=None, environ={}, path=path, mailbox_capacity=100_000, commit_process=COMMIT_PROCESS[0]
+    )
 
 
 async def open_habitat(path: Path) -> habitus.Habitat:
@@ -480,7 +491,10 @@ async def run_phase(phase: str, n: int) -> dict[str, Any]:
 def child(phase: str, n: int) -> dict[str, Any]:
     """Run a memory phase in a fresh interpreter and return its figures."""
     done = subprocess.run(
-        [sys.executable, __file__, "--phase", phase, "--size", str(n), "--t0", repr(log_start())],
+        [
+            *(sys.executable, __file__, "--phase", phase, "--size", str(n), "--t0", repr(log_start())),
+            *("--commit-process", COMMIT_PROCESS[0]),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         check=False,
@@ -535,11 +549,18 @@ def main() -> None:
     parser.add_argument("--dormant", type=int, default=None, help=f"dormant agents to spawn (default {DORMANT:,})")
     parser.add_argument("--json", action="store_true", help="print only one JSON object on stdout")
     parser.add_argument(
+        "--commit-process",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="the habitats' commit_process setting (default auto, the habitat's default)",
+    )
+    parser.add_argument(
         "--phase", choices=["dormant", "asyncio-dormant", "active", "asyncio-active"], help=argparse.SUPPRESS
     )
     parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    COMMIT_PROCESS[0] = args.commit_process
     if args.phase:
         if args.t0 is not None:
             set_log_start(args.t0)  # the log's clock starts with the parent's
@@ -550,7 +571,7 @@ def main() -> None:
     if hops < 0 or args.seeds < 1 or dormant < 1:
         parser.error("--hops must be ≥ 0, --seeds and --dormant ≥ 1")
     out: dict[str, Any] = {"cores": os.cpu_count(), "python": platform.python_version(), "rss_source": RSS_SOURCE}
-    out.update(agents=AGENTS, seeds=args.seeds, hops=hops, quick=args.quick)
+    out.update(agents=AGENTS, seeds=args.seeds, hops=hops, quick=args.quick, commit_process=args.commit_process)
     tmp = Path(tempfile.mkdtemp(prefix="habitus-bench-msg-"))
     try:
         out.update(asyncio.run(run_timed(tmp, args.seeds, hops)))

@@ -24,6 +24,13 @@ from habitus.storage._wire import Reply, read_reply
 
 __all__ = ["ChildCommitter"]
 
+# Runs habitus.storage._sqlite_child.main without executing habitus/__init__.py, which imports the
+# whole library (0.5 s); the storage layer alone starts in under 0.1 s.
+_BOOT = (
+    "import sys, types; package = types.ModuleType('habitus'); package.__path__ = [sys.argv.pop(1)]; "
+    "sys.modules['habitus'] = package; "
+    "from habitus.storage._sqlite_child import main; sys.exit(main(sys.argv[1:]))"
+)
 _SEND_TIMEOUT = 120.0  # a child that takes no commit for this long is treated as lost
 _SOCKET_BUFFER = 4 << 20  # a few groups in flight without the loop blocking in send
 
@@ -63,12 +70,10 @@ class ChildCommitter:
         try:
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
-            env = dict(os.environ)
-            here = str(Path(__file__).resolve().parents[2])  # the directory holding the habitus package
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-            argv = [sys.executable, "-m", "habitus.storage._sqlite_child", str(theirs.fileno())]
+            package = str(Path(__file__).resolve().parents[1])  # this habitus package, wherever it is
+            argv = [sys.executable, "-c", _BOOT, package, str(theirs.fileno())]
             argv += [*self._store.child_writer_args(), str(os.getpid())]
-            self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+            self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()
             raise
@@ -102,17 +107,13 @@ class ChildCommitter:
             return
         buf = self._buf
         buf += data
-        at = 0
-        while len(buf) - at >= 4:
-            n = int.from_bytes(buf[at : at + 4], "little")
-            if len(buf) - at - 4 < n:
+        while len(buf) >= 4 and not self._lost:
+            n = int.from_bytes(buf[:4], "little")
+            if len(buf) - 4 < n:
                 break
-            payload = bytes(buf[at + 4 : at + 4 + n])
-            at += 4 + n
+            payload = bytes(buf[4 : 4 + n])
+            del buf[: 4 + n]  # consumed before it is handled, so a reply is never handled twice
             self._on_reply(read_reply(payload))
-            if self._lost:
-                return
-        del buf[:at]
 
     def _lose(self, reason: str) -> None:
         if self._lost:

@@ -376,6 +376,9 @@ class Writer:
             self._flush_pending = False
             self._active = True
         log.debug("commits now go to the writer process")
+        if self._outbox and not self._send_scheduled:
+            self._send_scheduled = True  # what the thread had not taken yet must not wait for another submit
+            self._loop.call_soon(self._send)
         return True
 
     def _send(self) -> None:

@@ -1,5 +1,7 @@
 """A habitat's SQLite writer in its own process: ``python -m habitus.storage._sqlite_child FD PATH DURABILITY PARENT``.
 
+(The ledger runs :func:`main` through a few lines that skip ``habitus/__init__.py``, so it starts in 0.1 s.)
+
 The ledger starts it (see ``habitus.ledger._committer``) so that commits run
 beside the event loop on another core instead of taking turns with it for the
 GIL. It reads framed commits from the socket ``FD`` (see :mod:`._wire`), applies
