@@ -291,9 +291,10 @@ class Preparer:
         seqr = self.sequencer
         with seqr.lock:
             frontier = seqr.frontier
-            if frontier is None:  # a write failed: start again from what is committed
-                _, _, frontier, seqr.last_checkpoint = load_head(self._store)
+            if frontier is None:  # a write failed: start again from what is committed (read back, not assumed)
+                size, _, frontier, seqr.last_checkpoint = load_head(self._store)
                 seqr.frontier = frontier
+                seqr.committed, seqr.next_seq = size, size + 1
             first = seqr.next_seq
             seqr.next_seq = first + n
             ts = max(time.time_ns() // 1000, seqr.last_ts)

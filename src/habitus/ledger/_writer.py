@@ -360,7 +360,7 @@ class Writer:
         child = ChildCommitter(self._store, self._loop, on_reply=self._on_reply, on_lost=self._child_lost)
         try:
             child.start()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: no pass_fds on this platform
             log.warning("could not start a writer process, commits stay on the writer thread: %s", exc)
             self._process = "never"
             return
@@ -410,6 +410,9 @@ class Writer:
             self._child_ready = True
             self._take_over()  # if the thread is busy now, a later submit takes over
             return
+        if not self._inflight:  # it could not open the file; it exits, and _child_lost follows
+            log.warning("the writer process failed before it took any commit: %s", error)
+            return
         live, last = self._inflight.popleft()
         self._child_dirty = dirty
         if code == OK:
@@ -431,8 +434,9 @@ class Writer:
         was_active = self._active
         self._child, self._child_ready, self._active, self._process = None, False, False, "never"
         inflight, self._inflight = list(self._inflight), deque()
-        if was_active or inflight:
-            log.warning("the writer process was lost (%s); commits go back to the writer thread", reason)
+        if not was_active and not inflight:
+            return  # it never took a commit: the thread simply keeps them
+        log.warning("the writer process was lost (%s); commits go back to the writer thread", reason)
         if isinstance(self._store, ProcessWritable):
             self._store.adopt_writes(fulltext_dirty=True)  # it may have deleted memories and not scrubbed
         try:
