@@ -120,8 +120,11 @@ def sqlite_insert(path: Path, rows: list[Row], mode: str) -> float:
     return len(rows) / timer.seconds
 
 
+COMMIT_PROCESS = ["auto"]  # the habitat's default; --commit-process measures the others
+
+
 async def open_habitat(path: Path) -> habitus.Habitat:
-    settings = habitus.Settings.resolve(config_file=None, environ={}, path=path)
+    settings = habitus.Settings.resolve(config_file=None, environ={}, path=path, commit_process=COMMIT_PROCESS[0])
     return await habitus.Habitat.init(path, settings=settings)
 
 
@@ -350,13 +353,21 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000, help="size of the big ledger (default 1,000,000)")
     parser.add_argument("--quick", action="store_true", help="same as --events 100000 (CI smoke run)")
     parser.add_argument("--json", action="store_true", help="print only one JSON object on stdout")
+    parser.add_argument(
+        "--commit-process",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="the habitats' commit_process setting (default auto, the habitat's default)",
+    )
     args = parser.parse_args()
+    COMMIT_PROCESS[0] = args.commit_process
     total = 100_000 if args.quick else args.events
     tmp = Path(tempfile.mkdtemp(prefix="habitus-bench-"))
     try:
         out = asyncio.run(run(total, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    out["commit_process"] = args.commit_process
     if args.json:
         print(json.dumps(out, indent=2))
         return
