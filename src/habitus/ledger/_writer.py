@@ -375,6 +375,8 @@ class Writer:
             self._queue.clear()
             self._flush_pending = False
             self._active = True
+        if isinstance(self._store, ProcessWritable):
+            self._store.hand_over_writes()
         log.debug("commits now go to the writer process")
         if self._outbox and not self._send_scheduled:
             self._send_scheduled = True  # what the thread had not taken yet must not wait for another submit

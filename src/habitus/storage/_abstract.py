@@ -200,6 +200,10 @@ class ProcessWritable(Protocol):
         """Whether deletes await a scrub here; cleared, because the child's scrub now covers them."""
         ...
 
+    def hand_over_writes(self) -> None:
+        """The child writes from now on: release what only this process's writing needed."""
+        ...
+
     def adopt_writes(self, *, fulltext_dirty: bool) -> None:
         """Writing comes back from the child: forget cached write-side state."""
         ...

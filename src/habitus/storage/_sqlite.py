@@ -237,6 +237,12 @@ class SQLiteStore(SQLiteMemoryReads):
         dirty, self._fulltext_dirty = self._fulltext_dirty, False
         return dirty
 
+    def hand_over_writes(self) -> None:
+        """A child process writes from now on: free this process's writer page cache (up to 64 MiB)."""
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.execute("PRAGMA shrink_memory")
+
     def adopt_writes(self, *, fulltext_dirty: bool) -> None:
         """Another writer wrote this file: forget what was cached about it (and carry its unscrubbed deletes)."""
         self._recent_start = _UNKNOWN
