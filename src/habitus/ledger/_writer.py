@@ -61,7 +61,7 @@ INLINE_EVENTS = 16
 INLINE_GROUP = 256
 """Most events committed at once on the event loop; a larger group goes to the writer thread."""
 
-PROCESS_AFTER = 8
+PROCESS_AFTER = 3
 """With ``commit_process="auto"``: thread commits of more than INLINE_GROUP events before a writer process starts."""
 
 PIECE_EVENTS = 128
