@@ -270,6 +270,7 @@ class Ledger:
         group, self._group = self._group, None
         if group is None:
             return
+        submitted = 0  # transactions whose piece went to the writer: they commit, or fail there
         try:
             writer = self._require_writer()
             piece = writer.piece_events
@@ -279,6 +280,7 @@ class Ledger:
                 group.rows = batch.rows
                 writer.submit(batch, group=True)
                 return
+            # A writer process commits each piece while the loop goes on with the others (see Writer).
             for t0, t1, e0, e1, o0, o1 in _pieces(group.sizes, piece):
                 batch, _ = self._prep.seal(
                     group.checked[e0:e1], group.known, ids=group.ids[e0:e1], ops=group.ops[o0:o1]
@@ -286,8 +288,9 @@ class Ledger:
                 batch.waiters = group.waiters[t0:t1]
                 group.rows += batch.rows
                 writer.submit(batch, group=True)
-        except BaseException as exc:  # noqa: BLE001 - handed to every transaction of the group
-            for waiter in group.waiters:
+                submitted = t1
+        except BaseException as exc:  # noqa: BLE001 - handed to every transaction not handed over
+            for waiter in group.waiters[submitted:]:
                 if not waiter.done():
                     waiter.set_exception(exc)
 

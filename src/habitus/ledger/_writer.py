@@ -178,6 +178,9 @@ class Writer:
 
         Futures and commit listeners run in commit order: an inline commit waits
         until the groups the thread committed before it have been announced.
+
+        Once a writer process has taken over, every batch goes to it instead: a
+        group at once, anything else at the end of this loop iteration.
         """
         if self._active or (self._child_ready and self._take_over()):
             if self._stopping:
