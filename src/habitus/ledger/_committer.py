@@ -73,7 +73,9 @@ class ChildCommitter:
             package = str(Path(__file__).resolve().parents[1])  # this habitus package, wherever it is
             argv = [sys.executable, "-c", _BOOT, package, str(theirs.fileno())]
             argv += [*self._store.child_writer_args(), str(os.getpid())]
-            self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(
+                argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            )  # stderr stays: a failure there is worth seeing
         except BaseException:
             ours.close()
             raise
