@@ -240,3 +240,34 @@ async def test_a_killed_writer_process_costs_only_the_appends_it_had_not_committ
     assert all(e.id in stored for e in kept), "an append that returned is missing"
     assert count - before == len(kept) + 1, "events that no append returned are in the ledger"
     assert (await ledger.verify()).ok
+
+
+async def test_appends_queued_when_the_process_becomes_ready_are_sent_to_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process's READY can be handled while a lone append waits for its inline commit."""
+    from habitus.ledger._writer import Writer
+    from habitus.storage._wire import READY
+
+    held: list[tuple[Writer, Any]] = []
+    handle = Writer._on_reply
+
+    def hold_ready(self: Writer, reply: Any) -> None:
+        if reply[0] == READY and not held:
+            held.append((self, reply))  # handled by the test, at the moment it chooses
+            return
+        handle(self, reply)
+
+    monkeypatch.setattr(Writer, "_on_reply", hold_ready)
+    async with await Habitat.init(
+        settings.path, settings=settings.model_copy(update={"commit_process": "always"})
+    ) as hab:
+        await _until(lambda: bool(held), "the writer process to be ready")
+        task = asyncio.create_task(hab.ledger.append("note.recorded", actor="human:a", content="queued"))
+        await asyncio.sleep(0)  # the append ran up to its commit: queued for a commit at the end of this iteration
+        writer, ready = held[0]
+        assert not task.done() and writer._queue, "the append must be waiting for its inline commit"
+        handle(writer, ready)  # the process takes over now, before that commit runs
+        event = await asyncio.wait_for(task, 10)
+        assert hab.ledger.writer_pid is not None
+        assert (await hab.ledger.get(event.id)).content == "queued"
