@@ -26,6 +26,7 @@ import pytest
 from pydantic import JsonValue
 
 from habitus import Event, Settings, SyncHabitat
+from tests.ledger._procs import gone
 
 SEED = 20_240_611
 KILLS = 22
@@ -195,20 +196,6 @@ class _Writer:
         self.proc.stdout.close()
 
 
-def _gone(pid: int, timeout: float = 10.0) -> bool:
-    """Whether process ``pid`` has exited (a zombie counts: it can no longer write), waiting up to ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def _page_through(habitat: SyncHabitat, after: int) -> list[Event]:
     """Events after seq ``after``, oldest first, read one ``query`` page at a time."""
     events: list[Event] = []
@@ -256,7 +243,7 @@ def test_sigkilled_writer_loses_no_acknowledged_append(tmp_path: Path, settings:
         assert child.proc.returncode == -signal.SIGKILL, f"{ctx}: the child died by itself:\n{errors}"
         if process == "always":
             assert child.writer_pid, f"{ctx}: commits never went to a writer process"
-            assert _gone(child.writer_pid), f"{ctx}: the writer process outlived its habitat"
+            assert gone(child.writer_pid), f"{ctx}: the writer process outlived its habitat"
         kills += 1
 
         reported = dict(child.reported)

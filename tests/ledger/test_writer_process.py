@@ -27,37 +27,7 @@ from habitus.storage._abstract import WriteBatch
 from habitus.storage._projections import Op
 from habitus.storage._wire import decode, encode
 from tests.ledger import test_concurrency, test_ledger
-
-CHILD_MODULE = b"habitus.storage._sqlite_child"
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def _children() -> list[int]:
-    """Writer processes this test process started that still run."""
-    me = str(os.getpid())
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields_ = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields_[1] == me and fields_[0] not in ("Z", "X") and CHILD_MODULE in _cmdline(int(stat.parent.name)):
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
+from tests.ledger._procs import WRITER_MODULE, alive, cmdline, writer_children
 
 
 async def _until(predicate: Any, what: str, timeout: float = 30.0) -> None:
@@ -90,7 +60,7 @@ async def in_process(settings: Settings) -> AsyncIterator[Habitat]:
 
 def _sample(annotation: str, i: int) -> Any:
     """A value of a field's annotated type (the ops' annotations are strings)."""
-    if annotation.endswith(("| None", "None = None")):
+    if annotation.endswith("| None"):
         return None if i % 2 else _sample(annotation.split("|")[0].strip(), i)
     return {"str": f"s{i}", "bytes": bytes([i]) * 16, "int": 10**12 + i, "float": i + 0.25}.get(annotation, (i, i + 1))
 
@@ -114,7 +84,7 @@ async def test_commits_go_to_a_process_that_ends_with_the_habitat(settings: Sett
     try:
         pid = await _in_process(hab)
         assert pid != os.getpid()
-        assert CHILD_MODULE in _cmdline(pid)
+        assert WRITER_MODULE in cmdline(pid)
         events = await asyncio.gather(
             *(hab.ledger.append("note.recorded", actor=f"agent:a{i % 7}", content=f"n{i}") for i in range(1500))
         )
@@ -124,7 +94,7 @@ async def test_commits_go_to_a_process_that_ends_with_the_habitat(settings: Sett
         count = await hab.ledger.count()
     finally:
         await hab.close()
-    assert not _alive(pid), "the writer process outlived the habitat"
+    assert not alive(pid), "the writer process outlived the habitat"
     async with await Habitat.open(settings.path, settings=settings) as again:
         assert await again.ledger.count() == count
         assert (await again.ledger.verify()).ok
@@ -137,7 +107,7 @@ async def test_auto_moves_commits_only_under_sustained_load(settings: Settings) 
         for i in range(300):
             await hab.ledger.append("note.recorded", actor="human:a", content=f"one at a time {i}")
         await asyncio.sleep(1.0)
-        assert not _children(), "a writer process started for a light load"
+        assert not writer_children(), "a writer process started for a light load"
         pid = None
         for rounds in range(400):
             await asyncio.gather(
@@ -147,7 +117,7 @@ async def test_auto_moves_commits_only_under_sustained_load(settings: Settings) 
             if pid is not None:
                 break
         assert pid is not None, "sustained load never moved the commits to a writer process"
-        assert CHILD_MODULE in _cmdline(pid)
+        assert WRITER_MODULE in cmdline(pid)
         assert (await hab.ledger.verify()).ok
 
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from habitus._ids import new_ids, random_bytes
 from habitus.errors import (
@@ -30,7 +30,7 @@ from habitus.ledger._models import Draft
 from habitus.ledger._proofs import rebuild_frontier
 from habitus.ledger._rows import CommittedEvents, RawDraft
 from habitus.ledger._signing import Signer
-from habitus.ledger._writer import Batch, Sequencer
+from habitus.ledger._writer import Batch, CommitProcess, Sequencer
 from habitus.storage._abstract import CheckpointRow, LedgerStore, Row
 from habitus.storage._projections import Op
 
@@ -58,7 +58,7 @@ class LedgerLimits:
         max_meta_bytes: int,
         checkpoint_every: int,
         inline_commits: bool = True,
-        commit_process: Literal["auto", "always", "never"] = "never",
+        commit_process: CommitProcess = "never",
     ) -> None:
         self.max_content_bytes = max_content_bytes
         self.max_meta_bytes = max_meta_bytes

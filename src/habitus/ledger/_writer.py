@@ -287,13 +287,18 @@ class Writer:
         else:
             self._loop.call_soon_threadsafe(fail)
 
-    def _commit(self, group: list[Batch], *, inline: bool = False) -> None:
+    def _live(self, batches: list[Batch], *, inline: bool) -> tuple[int, list[Batch]]:
+        """The current generation and the batches prepared in it; the others (stale) fail."""
         with self._seq.lock:
             generation = self._seq.generation
-        stale = [b for b in group if b.generation != generation]
-        live = [b for b in group if b.generation == generation]
-        if stale:
+        live = [b for b in batches if b.generation == generation]
+        if len(live) < len(batches):
+            stale = [b for b in batches if b.generation != generation]
             self._fail(stale, StorageError(STALE_MESSAGE), inline=inline)
+        return generation, live
+
+    def _commit(self, group: list[Batch], *, inline: bool = False) -> None:
+        _, live = self._live(group, inline=inline)
         if not live:
             return
         write = _merge(live)
@@ -394,12 +399,7 @@ class Writer:
         batches, self._outbox = self._outbox, []
         if not batches:
             return
-        with self._seq.lock:
-            generation = self._seq.generation
-        live = [b for b in batches if b.generation == generation]
-        if len(live) < len(batches):
-            stale = [b for b in batches if b.generation != generation]
-            self._fail(stale, StorageError(STALE_MESSAGE), inline=True)
+        generation, live = self._live(batches, inline=True)
         if not live:
             return
         write = _merge(live)

@@ -92,11 +92,11 @@ def main(argv: list[str]) -> int:
     except StorageError as exc:
         sock.sendall(reply(FAILED, str(exc)))
         return 1
+    # A broken socket means the habitat went away: what it did not hear of, it did not wait for.
     try:
-        sock.sendall(reply(READY))
-        serve(sock, store)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the habitat went away; what it did not hear of is what it did not wait for
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(reply(READY))
+            serve(sock, store)
     finally:
         store.close()
     return 0

@@ -18,7 +18,19 @@ from typing import Any, get_args
 from habitus.storage._abstract import WriteBatch
 from habitus.storage._projections import Op
 
-__all__ = ["FAILED", "OK", "READY", "STALE", "STALE_MESSAGE", "Reply", "decode", "encode", "frame", "reply"]
+__all__ = [
+    "FAILED",
+    "OK",
+    "READY",
+    "STALE",
+    "STALE_MESSAGE",
+    "Reply",
+    "decode",
+    "encode",
+    "frame",
+    "read_reply",
+    "reply",
+]
 
 OK, FAILED, STALE, READY = 0, 1, 2, 3
 """Reply codes: committed; failed (nothing of it kept); refused, prepared before a failure; started."""
@@ -55,17 +67,8 @@ def encode(batch: WriteBatch, *, generation: int, scrub: bool, fulltext_dirty: b
     for op in batch.ops:
         code, get = _ENCODE[type(op)]
         ops.append((code, get(op)))
-    payload = (
-        generation,
-        scrub,
-        fulltext_dirty,
-        list(batch.rows),
-        list(batch.edges),
-        list(batch.nodes),
-        batch.checkpoint,
-        list(batch.erase),
-        ops,
-    )
+    rows, edges, nodes, erase = list(batch.rows), list(batch.edges), list(batch.nodes), list(batch.erase)
+    payload = (generation, scrub, fulltext_dirty, rows, edges, nodes, batch.checkpoint, erase, ops)
     return frame(marshal.dumps(payload))
 
 
