@@ -36,11 +36,16 @@ def random_bytes(count: int) -> bytes:
     if count > _POOL_SIZE // 4:
         return os.urandom(count)
     with _lock:
-        pool, used = _pool.data, _pool.used
-        if used + count > len(pool):
-            pool, used = os.urandom(_POOL_SIZE), 0
-            _pool.data = pool
-        _pool.used = used + count
+        return _take(count)
+
+
+def _take(count: int) -> bytes:
+    """``count`` bytes of the pool (the caller holds ``_lock``)."""
+    pool, used = _pool.data, _pool.used
+    if used + count > len(pool):
+        pool, used = os.urandom(_POOL_SIZE), 0
+        _pool.data = pool
+    _pool.used = used + count
     return pool[used : used + count]
 
 
@@ -49,6 +54,10 @@ def _forget_pool() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_pool)
+
+
+_MASK_TAIL = 0x3FFF_FFFF_FFFF_FFFF  # the 62 random bits after the variant
+_VARIANT = 0x8000_0000_0000_0000
 
 
 def new_ids(count: int) -> list[bytes]:
@@ -67,15 +76,11 @@ def new_ids(count: int) -> list[bytes]:
             if counter > 0xFFF:
                 ms += 1
                 counter = 0
-            tail = int.from_bytes(rand[8 * i : 8 * i + 8], "big") & 0x3FFF_FFFF_FFFF_FFFF
-            value = (ms << 80) | (0x7000 | counter) << 64 | 0x8000_0000_0000_0000 | tail
+            tail = int.from_bytes(rand[8 * i : 8 * i + 8], "big") & _MASK_TAIL
+            value = (ms << 80) | (0x7000 | counter) << 64 | _VARIANT | tail
             out.append(value.to_bytes(16, "big"))
         _state[0], _state[1] = ms, counter
     return out
-
-
-_MASK_TAIL = 0x3FFF_FFFF_FFFF_FFFF
-_VARIANT = 0x8000_0000_0000_0000
 
 
 def new_id() -> bytes:
@@ -91,10 +96,6 @@ def new_id() -> bytes:
                 ms += 1
                 counter = 0
         _state[0], _state[1] = ms, counter
-        pool, used = _pool.data, _pool.used
-        if used + 8 > len(pool):
-            pool, used = os.urandom(_POOL_SIZE), 0
-            _pool.data = pool
-        _pool.used = used + 8
-    tail = int.from_bytes(pool[used : used + 8], "big") & _MASK_TAIL
+        rand = _take(8)  # under the same lock: one acquisition an id
+    tail = int.from_bytes(rand, "big") & _MASK_TAIL
     return ((ms << 80) | (0x7000 | counter) << 64 | _VARIANT | tail).to_bytes(16, "big")
